@@ -1,0 +1,32 @@
+"""Shared fixtures. Tests run offline: the hub is switched off before anything imports
+transformers, and the tiny base model is built once per session from the bundled data."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SFT_DIR = ROOT / "tests" / "fixtures" / "sft"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs of real tools on the tiny profile (CI runs them)")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A tiny Llama checkpoint (random weights, offline tokenizer), built once per session."""
+    from glue.tiny_model import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny") / "base_model"
+    build_tiny_model(out, SFT_DIR / "train.jsonl")
+    return out
