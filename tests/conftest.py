@@ -30,3 +30,24 @@ def tiny_base(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "base_model"
     build_tiny_model(out, SFT_DIR / "train.jsonl")
     return out
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """Make a copy of the rendered tiny 1A config pointed at a test base model and at folders
+    under tmp_path: `tiny_config(base, output_dir, edit=lambda text: text) -> Path`."""
+    import yaml
+
+    source = ROOT / "axolotl_configs/tiny/1a_base_sft.yml"
+
+    def make(base, output_dir, edit=lambda text: text):
+        text = source.read_text()
+        cfg = yaml.safe_load(text)
+        for key, value in (("base_model", base), ("output_dir", output_dir),
+                           ("dataset_prepared_path", tmp_path / "prepared")):
+            text = text.replace(f"{key}: {cfg[key]}", f"{key}: {value}")
+        path = tmp_path / "cfg.yml"
+        path.write_text(edit(text))
+        return path
+
+    return make

@@ -2,29 +2,13 @@
 merge is proved (logits match base+adapter) before it is put in place."""
 
 import json
-import subprocess
+import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from glue import merge as merge_mod
 from glue.io import UserError
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY_1A = ROOT / "axolotl_configs/tiny/1a_base_sft.yml"
-
-
-def write_config(tmp_path: Path, base: Path | str, out: Path, edit=lambda text: text) -> Path:
-    """The rendered tiny 1A config pointed at a test base model and test folders."""
-    cfg = yaml.safe_load(TINY_1A.read_text())
-    text = TINY_1A.read_text()
-    for key, value in (("base_model", str(base)), ("output_dir", str(out)),
-                       ("dataset_prepared_path", str(tmp_path / "prepared"))):
-        text = text.replace(f"{key}: {cfg[key]}", f"{key}: {value}")
-    path = tmp_path / "cfg.yml"
-    path.write_text(edit(text))
-    return path
 
 
 def make_adapter(base: Path, out: Path) -> Path:
@@ -39,8 +23,14 @@ def make_adapter(base: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_base, tmp_path_factory):
+def trained_adapter(tiny_base, tmp_path_factory):
     return make_adapter(tiny_base, tmp_path_factory.mktemp("adapter") / "run")
+
+
+@pytest.fixture
+def adapter(trained_adapter, tmp_path):
+    """A fresh copy per test, so one test's merge never shows up in another's run folder."""
+    return Path(shutil.copytree(trained_adapter, tmp_path / "run"))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +54,10 @@ def refusal(config: Path, run: Path, **kwargs) -> str:
     return str(err.value)
 
 
-def test_refuses_a_base_whose_config_is_quantized(tmp_path, bnb_base, adapter):
-    config = write_config(tmp_path, bnb_base, adapter)
+def test_refuses_a_base_whose_config_is_quantized(tmp_path, tiny_config, bnb_base, adapter):
+    config = tiny_config(bnb_base, adapter)
     adapter_cfg = json.loads((adapter / "adapter_config.json").read_text())
-    run = tmp_path / "run"
+    run = tmp_path / "bnb_run"
     run.mkdir()
     (run / "adapter_config.json").write_text(json.dumps({**adapter_cfg, "base_model_name_or_path": str(bnb_base)}))
     message = refusal(config, run)
@@ -77,8 +67,8 @@ def test_refuses_a_base_whose_config_is_quantized(tmp_path, bnb_base, adapter):
 
 @pytest.mark.parametrize("name", ["unsloth/meta-llama-3.1-8b-instruct-unsloth-bnb-4bit",
                                   "TheBloke/Llama-2-7B-Chat-GPTQ", "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4"])
-def test_refuses_a_base_named_as_pre_quantized(tmp_path, adapter, name):
-    config = write_config(tmp_path, name, adapter)
+def test_refuses_a_base_named_as_pre_quantized(tmp_path, tiny_config, adapter, name):
+    config = tiny_config(name, adapter)
     line = next(i for i, l in enumerate(config.read_text().splitlines(), 1) if l.startswith("base_model:"))
     message = refusal(config, adapter)
     assert f"{config}:{line}: base_model `{name}` is a pre-quantized checkpoint" in message
@@ -88,30 +78,30 @@ def test_refuses_a_base_named_as_pre_quantized(tmp_path, adapter, name):
     (lambda t: t.replace("adapter: lora", "adapter: qlora\nload_in_4bit: true"), "load_in_4bit, adapter: qlora"),
     (lambda t: t.replace("adapter: lora", "adapter: lora\nload_in_8bit: true"), "load_in_8bit"),
 ])
-def test_refuses_a_quantized_training_config_without_opt_in(tmp_path, tiny_base, adapter, edit, what):
-    config = write_config(tmp_path, tiny_base, adapter, edit)
+def test_refuses_a_quantized_training_config_without_opt_in(tmp_path, tiny_config, tiny_base, adapter, edit, what):
+    config = tiny_config(tiny_base, adapter, edit)
     message = refusal(config, adapter)
     assert f"trained with {what}" in message and "ALLOW_QLORA_MERGE=1" in message
     assert f"{config}:" in message
 
 
-def test_refuses_an_adapter_trained_on_another_base(tmp_path, tiny_base, adapter):
+def test_refuses_an_adapter_trained_on_another_base(tmp_path, tiny_config, tiny_base, adapter):
     other = tmp_path / "other_base"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    message = refusal(write_config(tmp_path, other, adapter), adapter)
+    message = refusal(tiny_config(other, adapter), adapter)
     assert f"{adapter}/adapter_config.json: the adapter was trained on `{tiny_base}`" in message
 
 
-def test_refuses_a_run_with_no_adapter(tmp_path, tiny_base):
+def test_refuses_a_run_with_no_adapter(tmp_path, tiny_config, tiny_base):
     run = tmp_path / "empty_run"
     run.mkdir()
-    message = refusal(write_config(tmp_path, tiny_base, run), run)
+    message = refusal(tiny_config(tiny_base, run), run)
     assert "no trained adapter (adapter_config.json) here" in message
 
 
-def test_merge_is_proved_and_a_failed_proof_leaves_nothing(tmp_path, tiny_base, adapter):
-    config = write_config(tmp_path, tiny_base, adapter)
+def test_merge_is_proved_and_a_failed_proof_leaves_nothing(tmp_path, tiny_config, tiny_base, adapter):
+    config = tiny_config(tiny_base, adapter)
     message = refusal(config, adapter, tolerance=0.0)  # no merge is bit-exact: the proof must fail
     assert "merge check failed, nothing was put in place: logits differ" in message
 
@@ -126,8 +116,8 @@ def test_merge_is_proved_and_a_failed_proof_leaves_nothing(tmp_path, tiny_base, 
         merge_mod.merge(config, adapter)
 
 
-def test_qlora_opt_in_merges_and_says_so(tmp_path, tiny_base, adapter):
-    config = write_config(tmp_path, tiny_base, adapter,
+def test_qlora_opt_in_merges_and_says_so(tmp_path, tiny_config, tiny_base, adapter):
+    config = tiny_config(tiny_base, adapter,
                           lambda t: t.replace("adapter: lora", "adapter: qlora\nload_in_4bit: true"))
     merged = merge_mod.merge(config, adapter, allow_qlora_merge=True, overwrite=True)
     manifest = json.loads((merged / "manifest.json").read_text())
