@@ -16,6 +16,10 @@ import yaml
 from glue.io import UserError, load_yaml, require_file, run_cli
 
 
+# Which make target writes a stage's input, for the "file not found" hint.
+PRODUCERS = {"/1c_distill_data/": "make distill-1c", "/data/": "make data"}
+
+
 def _key_lines(path: Path) -> dict[tuple, int]:
     """Line number of every top-level key and of every key inside dataset entries."""
     root = yaml.compose(path.read_text(encoding="utf-8"))
@@ -99,14 +103,16 @@ def missing_paths(path: Path, cfg: dict) -> list[str]:
     problems = []
     base = str(cfg.get("base_model", ""))
     if base and _is_local(base) and not Path(base).is_dir():
-        hint = ("build it with `make tiny-model`" if "tiny" in base
+        hint = ("merge the previous stage first, e.g. `make merge-1a`" if base.rstrip("/").endswith("merged")
+                else "build it with `make tiny-model`" if "tiny" in base
                 else "check base_model, or use a hub id such as meta-llama/Llama-3.1-8B-Instruct")
         problems.append(f"{path}: base_model folder not found: {base} ({hint})")
     for key in ("datasets", "test_datasets"):
         for entry in cfg.get(key) or []:
             data = str(entry.get("path", ""))
             if entry.get("ds_type") == "json" and not Path(data).exists():
-                hint = "run `make data` first" if data.startswith("work/") else "check the path"
+                producer = next((make for part, make in PRODUCERS.items() if part in data), None)
+                hint = f"run `{producer}` first" if producer else "check the path"
                 problems.append(f"{path}: {key} file not found: {data} ({hint})")
     deepspeed = cfg.get("deepspeed")
     if deepspeed and not Path(deepspeed).is_file():
