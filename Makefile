@@ -23,6 +23,10 @@ AXOLOTL := $(VENV)/bin/axolotl
 WORK := work/$(PROFILE)
 CONFIGS := axolotl_configs/$(PROFILE)
 CONFIG_1A := $(CONFIGS)/1a_base_sft.yml
+CONFIG_1C := $(CONFIGS)/1c_distill.yml
+DATA := $(WORK)/data
+MERGED_1A := $(WORK)/1a_base_sft/merged
+MERGED_1C := $(WORK)/1c_distill/merged
 TINY_BASE := work/tiny/base_model
 
 # CPU hosts get the CPU build of torch: `+cpu` exists only on the PyTorch CPU index or a
@@ -50,7 +54,8 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help setup setup-gpu render check-render tiny-model train-1a merge-1a train merge \
-        new-experiment demo test clean
+        new-experiment data bench-data eval-1a eval failures-1b distill-1c train-1c merge-1c eval-1c bench-distill \
+        demo test clean
 
 help: ## list the targets
 	@echo "usage: make <target> [PROFILE=real|tiny] [CONFIG=file.yml] [RUN=dir]"
@@ -98,7 +103,20 @@ $(TINY_BASE)/config.json: | $(STAMP)
 # The tiny profile's base model is built on demand; the real one comes from the hub.
 BASE_DEPS := $(if $(filter tiny,$(PROFILE)),$(TINY_BASE)/config.json)
 
-train-1a: $(BASE_DEPS) ## Phase 1A: LoRA SFT of the base model (axolotl preprocess + train)
+# ---- Phase 0 -------------------------------------------------------------------------------
+BENCH_ROWS ?= 20000
+
+data: $(STAMP) $(BASE_DEPS) ## Phase 0: curate the seven sources into work/<profile>/data (train/val, rejects, report)
+	$(PY) -m glue.curate --profile $(PROFILE) --out $(DATA) $(if $(filter 1,$(OVERWRITE)),--overwrite)
+
+$(DATA)/train.jsonl:
+	$(MAKE) data
+
+bench-data: $(STAMP) $(TINY_BASE)/config.json ## benchmark: scoring, language ID and dedup rows/s on a synthetic corpus [BENCH_ROWS=n]
+	$(PY) -m glue.bench_data --rows $(BENCH_ROWS) --tokenizer $(TINY_BASE)
+
+# ---- Phase 1A ------------------------------------------------------------------------------
+train-1a: $(BASE_DEPS) $(DATA)/train.jsonl ## Phase 1A: LoRA SFT of the base model (axolotl preprocess + train)
 	$(MAKE) train CONFIG=$(CONFIG_1A)
 
 merge-1a: ## Phase 1A: guarded merge of the adapter into the full-precision base, with proof
@@ -119,10 +137,71 @@ new-experiment: $(STAMP) ## copy a config to axolotl_configs/experiments/NAME.ym
 	@[ -n "$(FROM)" ] && [ -n "$(NAME)" ] || { echo "error: usage: make new-experiment FROM=<config> NAME=<name>" >&2; exit 2; }
 	$(PY) -m glue.new_experiment $(FROM) $(NAME)
 
-demo: ## the whole chain on the tiny profile, on CPU, offline
+# ---- evaluation and Phase 1B ------------------------------------------------------------
+MODEL ?=
+NAME ?= $(notdir $(patsubst %/,%,$(MODEL)))
+BASELINE ?=
+SUITE ?= eval_configs/suites/$(PROFILE)_1a.yml
+PROMPTS ?=
+ALLOW_CODE_EVAL ?= 0
+STRICT ?= 0
+# Code benchmarks execute model-written code: both switches only with ALLOW_CODE_EVAL=1.
+CODE_ENV := $(if $(filter 1,$(ALLOW_CODE_EVAL)),HF_ALLOW_CODE_EVAL=1)
+CODE_FLAG := $(if $(filter 1,$(ALLOW_CODE_EVAL)),--allow-code-exec)
+EVAL_FLAGS = $(if $(BASELINE),--baseline $(BASELINE)) $(CODE_FLAG) $(if $(filter 1,$(STRICT)),--strict) --overwrite
+
+eval-1a: $(STAMP) ## benchmark gate on the merged 1A model [BASELINE=dir] [ALLOW_CODE_EVAL=1] [STRICT=1]
+	$(CODE_ENV) $(PY) -m glue.evaluate --model $(MERGED_1A) --suite $(SUITE) --out $(WORK)/eval/1a $(EVAL_FLAGS)
+
+eval: $(STAMP) ## benchmark any model: make eval MODEL=dir [NAME=name] [BASELINE=dir] [SUITE=file]
+	@[ -n "$(MODEL)" ] || { echo "error: set MODEL=<model folder>, e.g. make eval MODEL=$(MERGED_1A)" >&2; exit 2; }
+	$(CODE_ENV) $(PY) -m glue.evaluate --model $(MODEL) --suite $(SUITE) --out $(WORK)/eval/$(NAME) $(EVAL_FLAGS)
+
+failures-1b: $(STAMP) ## Phase 1B: judge the 1A model on held-out prompts, cluster and label its failures
+	$(CODE_ENV) $(PY) -m glue.failures --model $(or $(MODEL),$(MERGED_1A)) --profile $(PROFILE) \
+	    --out $(WORK)/1b_failures $(if $(PROMPTS),--prompts $(PROMPTS)) $(CODE_FLAG) --overwrite
+	$(PY) -m glue.cluster --failures $(WORK)/1b_failures/failures.jsonl --profile $(PROFILE) \
+	    --out $(WORK)/1b_clusters --overwrite
+
+# ---- Phase 1C ------------------------------------------------------------------------------
+ESTIMATE_ONLY ?= 0
+BUDGET_USD ?=
+MODE ?=
+
+distill-1c: $(STAMP) ## Phase 1C: teacher examples for the 1B clusters [ESTIMATE_ONLY=1] [BUDGET_USD=n] [MODE=self-consistency]
+	$(PY) -m glue.distill --profile $(PROFILE) --clusters $(WORK)/1b_clusters --curated $(DATA)/train.jsonl \
+	    --out $(WORK)/1c_distill_data $(if $(filter 1,$(ESTIMATE_ONLY)),--estimate-only) \
+	    $(if $(BUDGET_USD),--budget-usd $(BUDGET_USD)) $(if $(MODE),--mode $(MODE))
+
+train-1c: ## Phase 1C: LoRA on the merged 1A model with the distillation mix, early stopping
+	$(MAKE) train CONFIG=$(CONFIG_1C)
+
+merge-1c: ## Phase 1C: guarded merge of the 1C adapter, with proof
+	$(MAKE) merge CONFIG=$(CONFIG_1C)
+
+eval-1c: $(STAMP) ## Phase 1C: same suite and judge as 1A; before/after per task and per failure cluster
+	$(CODE_ENV) $(PY) -m glue.evaluate --model $(MERGED_1C) --suite $(SUITE) --out $(WORK)/eval/1c \
+	    --baseline $(WORK)/eval/1a $(CODE_FLAG) $(if $(filter 1,$(STRICT)),--strict) --overwrite
+	$(CODE_ENV) $(PY) -m glue.failures --model $(MERGED_1C) --profile $(PROFILE) \
+	    --out $(WORK)/1c_failures $(if $(PROMPTS),--prompts $(PROMPTS)) $(CODE_FLAG) --overwrite
+	$(PY) -m glue.compare --before $(WORK)/1b_failures --after $(WORK)/1c_failures \
+	    --clusters $(WORK)/1b_clusters --out $(WORK)/eval/1c_vs_1a
+
+bench-distill: $(STAMP) ## benchmark: teacher requests/s at concurrency 64 against a local server with 200 ms latency
+	$(PY) -m tests.bench_distill
+
+demo: ## the whole chain on the tiny profile, on CPU, offline (each stage rerun from scratch)
 	$(MAKE) setup
+	$(MAKE) data PROFILE=tiny OVERWRITE=1
 	$(MAKE) train-1a PROFILE=tiny OVERWRITE=1
 	$(MAKE) merge-1a PROFILE=tiny OVERWRITE=1
+	$(MAKE) eval-1a PROFILE=tiny
+	$(MAKE) failures-1b PROFILE=tiny
+	$(MAKE) distill-1c PROFILE=tiny
+	$(MAKE) train-1c PROFILE=tiny OVERWRITE=1
+	$(MAKE) merge-1c PROFILE=tiny OVERWRITE=1
+	$(MAKE) eval-1c PROFILE=tiny
+	@echo "demo done: see work/tiny/eval/1c_vs_1a/compare.md and work/tiny/*/manifest.json"
 
 test: setup ## run the test suite (offline, CPU; slow end-to-end tests included)
 	$(PY) -m pytest tests -q --durations=15

@@ -49,8 +49,10 @@ def load_yaml(path: str | Path) -> Any:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def iter_jsonl(path: str | Path, on_error: Callable[[str, str], None] | None = None) -> Iterator[dict]:
-    """Yield the JSON object on each non-blank line of `path`.
+def iter_jsonl(path: str | Path, on_error: Callable[[str, str], None] | None = None,
+               with_location: bool = False) -> Iterator:
+    """Yield the JSON object on each non-blank line of `path` (with `with_location`, a
+    (`path:line`, object) pair, for callers that report on good rows too).
 
     A bad line raises UserError naming `path:line`, unless `on_error` is given: then it is
     called with (location, message) and reading goes on, so a caller can count and keep
@@ -72,7 +74,7 @@ def iter_jsonl(path: str | Path, on_error: Callable[[str, str], None] | None = N
                     raise UserError(message) from None
                 on_error(where, message)
                 continue
-            yield record
+            yield (where, record) if with_location else record
 
 
 @contextlib.contextmanager

@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SFT_DIR = ROOT / "tests" / "fixtures" / "sft"
 
+# The `openai_stub` fixture: a local OpenAI-compatible server with fault injection.
+pytest_plugins = ["tests.openai_stub"]
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs of real tools on the tiny profile (CI runs them)")
@@ -34,8 +37,8 @@ def tiny_base(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    """Make a copy of the rendered tiny 1A config pointed at a test base model and at folders
-    under tmp_path: `tiny_config(base, output_dir, edit=lambda text: text) -> Path`."""
+    """Make a copy of the rendered tiny 1A config pointed at a test base model, the bundled
+    instruction set and folders under tmp_path: `tiny_config(base, output_dir, edit) -> Path`."""
     import yaml
 
     source = ROOT / "axolotl_configs/tiny/1a_base_sft.yml"
@@ -46,6 +49,8 @@ def tiny_config(tmp_path):
         for key, value in (("base_model", base), ("output_dir", output_dir),
                            ("dataset_prepared_path", tmp_path / "prepared")):
             text = text.replace(f"{key}: {cfg[key]}", f"{key}: {value}")
+        for key, split in (("datasets", "train"), ("test_datasets", "val")):
+            text = text.replace(f"path: {cfg[key][0]['path']}", f"path: {SFT_DIR / split}.jsonl")
         path = tmp_path / "cfg.yml"
         path.write_text(edit(text))
         return path

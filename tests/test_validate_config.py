@@ -2,7 +2,6 @@
 (unknown keys, missing files, GPU options on CPU, a finished run in the way) are caught
 with the file, the line and what to do."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -55,10 +54,10 @@ def test_missing_config_file_says_how_to_get_one(tmp_path):
 
 
 def test_missing_dataset_and_base_model_are_named(tmp_path):
-    path = _edited(tmp_path, "tests/fixtures/sft/train.jsonl", "tests/fixtures/sft/missing.jsonl")
+    path = _edited(tmp_path, "path: work/tiny/data/train.jsonl", "path: tests/fixtures/sft/missing.jsonl")
     with pytest.raises(UserError) as err:
         vc.validate(path, for_training=True)
-    assert "datasets file not found: tests/fixtures/sft/missing.jsonl" in str(err.value)
+    assert "datasets file not found: tests/fixtures/sft/missing.jsonl (check the path)" in str(err.value)
     if not (ROOT / "work/tiny/base_model").is_dir():
         assert "base_model folder not found: work/tiny/base_model (build it with `make tiny-model`)" in str(err.value)
 

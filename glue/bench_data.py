@@ -1,0 +1,137 @@
+"""Benchmark the curate stage's costly steps on a synthetic corpus (`make bench-data`).
+
+The corpus: rows of English-like text (function words in natural proportion, Zipf-distributed
+content words, some code blocks and formulas) with log-normal lengths (mean ~3,000 characters,
+like instruction data), and a known share of planted near-duplicate pairs made by replacing
+words of a row until the pair's exact Jaccard (3-word shingles) falls in a target band.
+
+Prints rows/s for scoring (tokenizer + features), language identification (each backend) and
+dedup (MinHash on all workers + LSH + exact verification), and dedup recall against exact
+Jaccard on the planted pairs, by Jaccard band, and the precision of LSH candidates before and
+of removals after exact verification.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import time
+
+from glue.dedup import DedupParams, deduplicate, jaccard, shingles
+from glue.io import run_cli
+from glue.quality import COMMON_ENGLISH, LanguageId, compute_features, prose
+
+BANDS = ((0.70, 0.80), (0.80, 0.85), (0.85, 0.90), (0.90, 0.95), (0.95, 1.01))
+CODE = "```python\ndef total(items):\n    return sum(item.price * item.count for item in items)\n```"
+
+
+def _sentence(rng: random.Random, function_words: list[str], content: list[str], cum_weights: list[float]) -> str:
+    n = rng.randint(8, 24)
+    picks = rng.choices(content, cum_weights=cum_weights, k=n)
+    words = [rng.choice(function_words) if rng.random() < 0.45 else picks[i] for i in range(n)]
+    return " ".join(words).capitalize() + "."
+
+
+def synthetic_corpus(rows: int, dup_share: float, seed: int) -> tuple[list[str], list[tuple[int, int]]]:
+    """Texts, and the planted (original, near-copy) index pairs."""
+    rng = random.Random(seed)
+    syllables = ["ka", "to", "ri", "men", "sel", "dor", "ap", "lin", "vex", "or", "tu", "gra", "ston", "pel", "iv"]
+    content = sorted({"".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(30000)})
+    cum_weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(content))))  # Zipf
+    function_words = sorted(COMMON_ENGLISH)
+    n_pairs = int(rows * dup_share / 2)
+    texts = []
+    for _ in range(rows - n_pairs):
+        target = rng.lognormvariate(math.log(3000) - 0.32, 0.8)  # mean exp(mu + sigma^2/2) = 3,000
+        parts = []
+        while sum(len(p) + 1 for p in parts) < target:
+            r = rng.random()
+            parts.append(CODE if r < 0.01 else f"$x^2 + {rng.randint(2, 99)}x = {rng.randint(1, 999)}$" if r < 0.02
+                         else _sentence(rng, function_words, content, cum_weights))
+        texts.append(" ".join(parts))
+    pairs = []
+    for k, original in enumerate(rng.sample(range(rows - n_pairs), n_pairs)):
+        low, high = BANDS[k % len(BANDS)]
+        words = texts[original].split(" ")
+        # replacing w scattered words breaks ~3w of ~n shingles: Jaccard ~ (n - 3w) / (n + 3w)
+        want = rng.uniform(low, min(high, 1.0))
+        changes = max(1, round(len(words) * (1 - want) / (3 * (1 + want))))
+        for position in rng.sample(range(len(words)), min(changes, len(words))):
+            words[position] = f"edit{rng.randrange(10**6)}"
+        texts.append(" ".join(words))
+        pairs.append((original, len(texts) - 1))
+    return texts, pairs
+
+
+def _rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 1) if seconds > 0 else float("inf")
+
+
+def bench(rows: int, tokenizer: str, workers: int, seed: int, langdetect_rows: int) -> dict:
+    texts, pairs = synthetic_corpus(rows, 0.10, seed)
+    results: dict = {"rows": len(texts), "workers": workers,
+                     "mean_chars": round(sum(map(len, texts)) / len(texts))}
+
+    messages = [[{"role": "user", "content": "Explain the following."}, {"role": "assistant", "content": t}]
+                for t in texts]
+    language = {"backend": "fasttext", "max_chars": 2000, "min_prose_chars": 40}
+    tick = time.time()
+    compute_features(messages, tokenizer, language, workers)
+    results["score_rows_per_s"] = _rate(len(texts), time.time() - tick)
+
+    for backend, n in (("fasttext", len(texts)), ("langdetect", min(langdetect_rows, len(texts)))):
+        identifier = LanguageId(backend, max_chars=2000)
+        tick = time.time()
+        english = [identifier.english(prose(t)) for t in texts[:n]]
+        results[f"language_{backend}_rows_per_s_one_core"] = _rate(n, time.time() - tick)
+        results[f"language_{backend}_share_english"] = round(sum(p >= 0.2 for p in english) / n, 4)
+
+    params = DedupParams()
+    tick = time.time()
+    result = deduplicate(texts, range(len(texts)), params, workers)
+    seconds = time.time() - tick
+    results["dedup_rows_per_s"] = _rate(len(texts), seconds)
+    results["dedup_candidate_pairs"] = result.candidate_pairs
+    results["dedup_removed"] = len(result.removed)
+
+    found = {frozenset((i, keeper)) for i, (keeper, _) in result.removed.items()}
+    by_band = {}
+    for low, high in BANDS:
+        truth = [(a, b) for a, b in pairs
+                 if low <= jaccard(shingles(texts[a], params.ngram), shingles(texts[b], params.ngram)) < high]
+        hits = sum(frozenset(p) in found for p in truth)
+        by_band[f"{low:.2f}-{min(high, 1.0):.2f}"] = {"pairs": len(truth), "found": hits,
+                                                      "recall": round(hits / len(truth), 4) if truth else None}
+    at_085 = [v for k, v in by_band.items() if float(k.split("-")[0]) >= 0.85]
+    total = sum(v["pairs"] for v in at_085)
+    results["recall_jaccard_ge_0.85"] = round(sum(v["found"] for v in at_085) / total, 4) if total else None
+    results["recall_by_jaccard"] = by_band
+    removed_true = sum(jaccard(shingles(texts[i], params.ngram), shingles(texts[k], params.ngram)) >= params.threshold
+                       for i, (k, _) in result.removed.items())
+    results["precision_removed"] = round(removed_true / len(result.removed), 4) if result.removed else None
+    results["precision_lsh_candidates"] = (round(len(result.removed) / result.candidate_pairs, 4)
+                                           if result.candidate_pairs else None)
+    per_row = 1 / results["score_rows_per_s"] + 1 / results["dedup_rows_per_s"]
+    results["extrapolated_640k_minutes_score_plus_dedup"] = round(640_000 * per_row / 60, 1)
+    return results
+
+
+def main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m glue.bench_data", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20000, help="rows in the synthetic corpus")
+    parser.add_argument("--tokenizer", default="work/tiny/base_model", help="tokenizer for the length feature")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--langdetect-rows", type=int, default=2000, help="rows timed with the slow langdetect backend")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    results = bench(args.rows, args.tokenizer, args.workers, args.seed, args.langdetect_rows)
+    for key, value in results.items():
+        print(f"{key:46s} {json.dumps(value)}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
