@@ -10,7 +10,6 @@ from sklearn.metrics import adjusted_rand_score
 
 from glue.cluster import FORMAT, NOISE, cluster_embeddings, cluster_failures, embed, load_embedder
 from glue.io import UserError
-from tests.openai_stub import openai_stub  # noqa: F401 (fixture)
 
 GROUPS = {
     "math": ["How many {} does Sam have after buying {} more and giving {} away?",

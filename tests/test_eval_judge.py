@@ -9,7 +9,6 @@ import pytest
 from glue.judge import (final_number, judge_code, judge_math, llm_judge_many, parse_verdict,
                         render_prompt, tally)
 from glue.llm_client import LLMClient
-from tests.openai_stub import openai_stub  # noqa: F401 (fixture)
 
 ADD_TESTS = {"test": "def check(f):\n    assert f(2, 3) == 5\n    assert f(-1, 1) == 0\n", "entry_point": "add"}
 

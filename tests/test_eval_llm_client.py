@@ -7,7 +7,6 @@ import pytest
 
 from glue.io import UserError
 from glue.llm_client import EndpointError, LLMClient, ResponseCache, endpoint_settings
-from tests.openai_stub import openai_stub  # noqa: F401 (fixture)
 
 USER = [{"role": "user", "content": "What is 6 times 7?"}]
 PRICES = {"judge-m": {"input": 1.0, "output": 2.0}}

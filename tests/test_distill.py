@@ -1,0 +1,190 @@
+"""Phase 1C data: teacher examples, judge filter, self-critique, reverse pairs, the mix;
+resumable exactly-once generation, faults, the budget cap, and the offline backends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from glue import distill
+from glue.io import UserError, iter_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+CURATED = ROOT / "tests/fixtures/sft/train.jsonl"
+
+
+@pytest.fixture
+def clusters_dir(tmp_path):
+    """A failure-clusters/v1 folder, as `make failures-1b` writes it, from the bundled val set:
+    one cluster of math failures, one of everything else."""
+    members, ids = [], {0: [], 1: []}
+    for record in iter_jsonl(ROOT / "tests/fixtures/sft/val.jsonl"):
+        cluster = 0 if record["domain"] == "math" else 1
+        members.append({"id": record["id"], "domain": record["domain"], "prompt": record["messages"][-2]["content"],
+                        "reference": record["messages"][-1]["content"], "student_answer": "I am not sure.",
+                        "verdict": "loss", "reason": "the answer does not address the request", "cluster_id": cluster})
+        ids[cluster].append(record["id"])
+    clusters = [{"cluster_id": c, "is_noise": False, "size": len(ids[c]),
+                 "label": {"name": n, "description": d, "domain": dom, "source": "rules"},
+                 "domains": {}, "representative_ids": ids[c][:2], "member_ids": ids[c]}
+                for c, n, d, dom in ((0, "arithmetic slips", "wrong final numbers", "math"),
+                                     (1, "vague answers", "answers that dodge the request", "conversation"))]
+    folder = tmp_path / "clusters"
+    folder.mkdir()
+    (folder / "clusters.json").write_text(json.dumps({"format": "failure-clusters/v1", "clusters": clusters}))
+    (folder / "members.jsonl").write_text("".join(json.dumps(m) + "\n" for m in members))
+    return folder
+
+
+def teacher_and_judge(model, messages, body):
+    """A deterministic teacher (gpt-4o) and judge (gpt-4o-mini) for the stub server."""
+    prompt = messages[-1]["content"]
+    if model == "gpt-4o-mini":  # judge: a low score for examples about haiku, else a high one
+        return json.dumps({"score": 4 if "haiku" in prompt.lower() else 9, "reason": "stub judgement"})
+    if "training example number" in prompt:
+        number = prompt.split("training example number ")[1].split(":")[0]
+        return json.dumps({"instruction": f"New request {number} on {prompt[90:140]}", "response": "A fine new answer."})
+    if '"critique"' in prompt:
+        return json.dumps({"critique": "The draft dodges the question.", "revised": "A corrected answer."})
+    return "Teacher answer: " + prompt.rsplit("[Request]", 1)[-1].strip()[:80]
+
+
+def run(tmp_path, out="out", **kwargs):
+    return distill.distill(kwargs.pop("profile", "real"), kwargs.pop("clusters"), CURATED, tmp_path / out, **kwargs)
+
+
+def test_offline_tiny_run_builds_the_mix_from_references(tmp_path, clusters_dir):
+    figures = run(tmp_path, profile="tiny", clusters=clusters_dir)
+    train = list(iter_jsonl(tmp_path / "out/train.jsonl"))
+    val = list(iter_jsonl(tmp_path / "out/val.jsonl"))
+    # 30 failures, each answered and critiqued by the reference teacher, scored by the rules judge.
+    assert figures["teacher_calls"] == 60 and figures["kept_by_kind"] == {"answer": 60, "critique": 60}
+    assert figures["kept_by_direction"] == {"forward": 60, "reverse": 60}
+    reverse = next(r for r in train + val if r["meta"]["direction"] == "reverse")
+    assert reverse["messages"][0]["content"].startswith("Here is an answer an assistant gave:")
+    assert figures["new"] == 120 and figures["original"] == round(120 / 9)  # 90% new, 10% original
+    # Reverse pairs of an answer and of its critique share the reference: dedup removes one.
+    assert figures["near_duplicates_removed"] > 0
+    assert len(train) + len(val) == 120 + figures["original"] - figures["near_duplicates_removed"]
+    assert {r["source"] for r in train + val} == {"bundled", "distill:reference", "distill:self_critique"}
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["parameters"]["teacher"] == "reference" and manifest["figures"]["spend_usd"] == 0
+
+
+def test_estimate_only_calls_nothing(tmp_path, clusters_dir, openai_stub):
+    estimate = run(tmp_path, clusters=clusters_dir, estimate_only=True)["estimate"]
+    assert openai_stub.calls() == 0 and not (tmp_path / "out").exists()
+    teacher, judge = estimate["teacher"], estimate["judge"]
+    # 30 failures x (answer + critique) + 2 clusters x 20 new examples
+    assert teacher["model"] == "gpt-4o" and teacher["calls"] == 100 and judge["calls"] == 100
+    assert teacher["output_tokens_max"] == 100 * 1024
+    expected = (teacher["input_tokens"] * 2.5 + teacher["output_tokens_max"] * 10.0) / 1e6
+    assert teacher["cost_usd_max"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_teacher_judge_filter_self_critique_and_rejects(tmp_path, clusters_dir, openai_stub):
+    openai_stub.responder = teacher_and_judge
+    figures = run(tmp_path, clusters=clusters_dir)
+    assert openai_stub.calls("gpt-4o") == 100 and openai_stub.calls("gpt-4o-mini") == 100
+    rejected = list(iter_jsonl(tmp_path / "out/rejected.jsonl"))
+    assert rejected and all(r["stage"] == "judge" and r["score"] == 4 for r in rejected)
+    assert figures["kept_examples"] == 2 * (100 - len(rejected))
+    critique = next(r for r in iter_jsonl(tmp_path / "out/train.jsonl") if r["meta"]["kind"] == "critique")
+    assert "Here is a draft answer:\nI am not sure." in critique["messages"][0]["content"]
+    assert critique["messages"][1]["content"].endswith("Corrected answer:\nA corrected answer.")
+    assert figures["spend_usd"] > 0 and figures["tokens"] > 0
+
+
+def test_second_run_makes_no_calls_and_writes_the_same_bytes(tmp_path, clusters_dir, openai_stub):
+    openai_stub.responder = teacher_and_judge
+    run(tmp_path, clusters=clusters_dir)
+    first = (tmp_path / "out/train.jsonl").read_bytes()
+    calls = openai_stub.calls()
+    run(tmp_path, clusters=clusters_dir)
+    assert openai_stub.calls() == calls and (tmp_path / "out/train.jsonl").read_bytes() == first
+
+
+def test_faults_are_retried_or_rejected_and_counted(tmp_path, clusters_dir, openai_stub):
+    openai_stub.responder = teacher_and_judge
+    openai_stub.script(*["429"] * 20, "500", "500")  # a 429 storm, then server errors: retried
+    openai_stub.script("empty", "malformed")        # not retried: rejected and counted
+    figures = run(tmp_path, clusters=clusters_dir)
+    reasons = figures["rejected_by_reason"]
+    assert reasons.get("empty") == 1 and reasons.get("malformed") == 1
+    assert sum(1 for r in openai_stub.requests if r["fault"] == "429") == 20
+
+
+def test_unparseable_judge_score_is_rejected_not_kept(tmp_path, clusters_dir, openai_stub):
+    def judge_babbles(model, messages, body):
+        return "I would say it is quite good" if model == "gpt-4o-mini" else teacher_and_judge(model, messages, body)
+    openai_stub.responder = judge_babbles
+    figures = run(tmp_path, clusters=clusters_dir)
+    assert figures["kept_examples"] == 0 and figures["rejected_by_reason"] == {"unparsed judge output": 100}
+
+
+def test_budget_cap_stops_cleanly_and_a_higher_budget_continues(tmp_path, clusters_dir, openai_stub):
+    openai_stub.responder = teacher_and_judge
+    with pytest.raises(distill.BudgetReached):
+        run(tmp_path, clusters=clusters_dir, budget_usd=0.0005)
+    log = distill.CallLog(tmp_path / "out/calls.jsonl")
+    cost, _ = log.spend()
+    per_call = max(r["cost_usd"] for r in log.records.values())
+    concurrency = 16  # eval_configs/endpoints.yml: teacher concurrency
+    assert 0.0005 <= cost <= 0.0005 + concurrency * per_call
+    assert not (tmp_path / "out/train.jsonl").exists()
+    run(tmp_path, clusters=clusters_dir, budget_usd=10.0)
+    assert (tmp_path / "out/train.jsonl").exists()
+
+
+def test_missing_api_key_is_a_clear_error_before_any_call(tmp_path, clusters_dir, openai_stub, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(UserError, match="OPENAI_API_KEY is not set"):
+        run(tmp_path, clusters=clusters_dir)
+    assert openai_stub.calls() == 0
+
+
+def test_missing_clusters_say_which_stage_writes_them(tmp_path):
+    with pytest.raises(UserError, match=r"clusters\.json not found: run `make failures-1b` first"):
+        run(tmp_path, clusters=tmp_path / "nowhere")
+
+
+def test_self_consistency_keeps_answers_the_samples_agree_on(tmp_path, clusters_dir, openai_stub):
+    def wobbly(model, messages, body):  # math agrees on the number; other domains vary per sample
+        prompt = messages[-1]["content"]
+        return "Working...\nAnswer: 7" if "?" in prompt and body["temperature"] == 0 else f"take {body['seed']}"
+    openai_stub.responder = wobbly
+    figures = run(tmp_path, clusters=clusters_dir, mode="self-consistency")
+    assert figures["agreement_by_domain"]["creative"] < 0.6
+    kept = [r for r in iter_jsonl(tmp_path / "out/train.jsonl") if r["source"].startswith("distill")]
+    assert kept and all(r["meta"]["kind"] == "consistency" for r in kept)
+
+
+@pytest.mark.slow
+def test_kill_and_rerun_loses_nothing_and_duplicates_nothing(tmp_path, clusters_dir, openai_stub):
+    openai_stub.responder = teacher_and_judge
+    run(tmp_path, out="reference_run", clusters=clusters_dir)
+    reference_keys = {json.loads(line)["key"] for line in (tmp_path / "reference_run/calls.jsonl").open()}
+    openai_stub.latency = 0.05
+    cmd = [sys.executable, "-m", "glue.distill", "--profile", "real", "--clusters", str(clusters_dir),
+           "--curated", str(CURATED), "--out", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed/calls.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 30):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = log.read_text().count("\n")
+    assert 30 <= done_before < len(reference_keys), "the kill must land mid-generation"
+    openai_stub.latency = 0.0
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) and set(keys) == reference_keys  # every call exactly once
+    for name in ("train.jsonl", "val.jsonl", "rejected.jsonl"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "reference_run" / name).read_bytes()
