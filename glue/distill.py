@@ -152,8 +152,7 @@ class ApiBackend:
         self.client, self.name = client, f"llm:{client.model}"
 
     def cost(self, result: ChatResult) -> float | None:
-        price = self.client._price
-        return None if price is None else (result.prompt_tokens * price[0] + result.completion_tokens * price[1]) / 1e6
+        return self.client.cost_of(result)
 
     async def run(self, jobs: list[Job]) -> AsyncIterator[tuple[Job, ChatResult]]:
         by_params: dict[str, list[Job]] = defaultdict(list)

@@ -187,8 +187,13 @@ class LLMClient:
             kind = result.error.split(":", 1)[0]
             usage.errors_by_kind[kind] = usage.errors_by_kind.get(kind, 0) + 1
         if self._price is not None:
-            usage.cost_usd += (result.prompt_tokens * self._price[0]
-                               + result.completion_tokens * self._price[1]) / 1e6
+            usage.cost_usd += self.cost_of(result)
+
+    def cost_of(self, result: ChatResult) -> float | None:
+        """Dollars one call cost at the price table's rates (None: the model has no price)."""
+        if self._price is None or result.cached:
+            return None if self._price is None else 0.0
+        return (result.prompt_tokens * self._price[0] + result.completion_tokens * self._price[1]) / 1e6
 
     def _new_async_client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(api_key=self.__api_key, base_url=self.base_url,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from glue.io import UserError, atomic_path, run_cli
 from glue.manifest import write_manifest
-from glue.validate_config import _key_lines, validate
+from glue.validate_config import key_lines, validate
 
 # Names of published pre-quantized checkpoints (unsloth ...-bnb-4bit, TheBloke ...-GPTQ/-AWQ, ...).
 QUANTIZED_NAME = re.compile(r"bnb|[48]bit|gptq|awq|\bnf4\b|int[48]|fp8|gguf|exl2|w4a16|w8a8", re.IGNORECASE)
@@ -62,7 +62,7 @@ def guard(config_path: Path, cfg: dict, adapter_dir: Path, allow_qlora_merge: bo
     """Every reason to refuse this merge, each naming the file and the fix."""
     problems = []
     base = str(cfg.get("base_model", ""))
-    lines = _key_lines(config_path)
+    lines = key_lines(config_path)
     base_cfg, base_cfg_path = _base_config(base)
     fix_base = ("train on the full-precision base (e.g. meta-llama/Llama-3.1-8B-Instruct) "
                 "with `adapter: lora` and merge into that")

@@ -20,7 +20,7 @@ from glue.io import UserError, load_yaml, require_file, run_cli
 PRODUCERS = {"/1c_distill_data/": "make distill-1c", "/data/": "make data"}
 
 
-def _key_lines(path: Path) -> dict[tuple, int]:
+def key_lines(path: Path) -> dict[tuple, int]:
     """Line number of every top-level key and of every key inside dataset entries."""
     root = yaml.compose(path.read_text(encoding="utf-8"))
     lines: dict[tuple, int] = {}
@@ -56,7 +56,7 @@ def unknown_keys(path: Path, cfg: dict) -> list[str]:
     from axolotl.utils.schemas.datasets import SFTDataset
 
     top, dataset = _accepted(AxolotlInputConfig), _accepted(SFTDataset)
-    lines = _key_lines(path)
+    lines = key_lines(path)
     problems = []
 
     def report(key_path: tuple, known: set[str]) -> None:
@@ -86,7 +86,7 @@ def schema_errors(path: Path, cfg: dict) -> list[str]:
     try:
         validate_config(DictDefault(dict(cfg)))
     except pydantic.ValidationError as exc:
-        lines = _key_lines(path)
+        lines = key_lines(path)
         return [f"{path}:{lines.get((str(err['loc'][0]),), '?') if err['loc'] else '?'}: "
                 f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()]
     except ValueError as exc:
