@@ -13,7 +13,8 @@ math/code, sampled otherwise) and keeps the answer the samples agree on.
 Every call's result is appended to `<out>/calls.jsonl` under a key (kind, cluster, prompt hash,
 model, parameters) the moment it returns, and flushed to disk, so a rerun after a crash or
 Ctrl-C skips what is done: nothing is lost or asked twice, and the outputs, built from the log
-in sorted order, are byte-identical to an uninterrupted run's. The budget counts every run's
+in sorted order, are byte-identical to an uninterrupted run's. Calls that failed (timeout, a
+5xx after the client's retries, an empty or malformed body) are asked again by the next run. The budget counts every run's
 spend; reaching it stops the stage cleanly (exit 3) with all results kept.
 
 Backends (eval_configs/endpoints.yml, per profile): `llm` calls the model through
@@ -116,13 +117,18 @@ class CallLog:
         torn = []
         if path.exists():
             for record in iter_jsonl(path, on_error=lambda where, message: torn.append(where)):
-                if record["key"] not in self.records:
+                if not self.done(record["key"]):
                     self._add(record)
             if torn:  # a line cut short by a kill: drop it (its call is simply made again)
                 write_jsonl_atomic(path, self.records.values())
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = path.open("a", encoding="utf-8")
         self.torn_lines = len(torn)
+
+    def done(self, key: str) -> bool:
+        """A call is done once it has an answer; a failed call (timeout, 5xx after the client's
+        retries, an empty or malformed body) is asked again by the next run."""
+        return key in self.records and self.records[key]["error"] is None
 
     def _add(self, record: dict) -> None:
         self.records[record["key"]] = record
@@ -333,7 +339,7 @@ def parse_score(text: str | None) -> tuple[int | None, str]:
 def run_jobs(backend, jobs: list[Job], log: CallLog, config: dict, desc: str) -> None:
     """Make every call not yet in the log, appending each result as it returns."""
     # Identical requests share a key and one call (two new examples can earn the same judge prompt).
-    pending = list({job.key: job for job in jobs if job.key not in log.records}.values())
+    pending = list({job.key: job for job in jobs if not log.done(job.key)}.values())
     budget_usd, budget_tokens = config["budget"].get("usd"), config["budget"].get("tokens")
 
     def over_budget() -> str | None:
@@ -365,7 +371,7 @@ def run_jobs(backend, jobs: list[Job], log: CallLog, config: dict, desc: str) ->
         reason = asyncio.run(drive())
     finally:
         bar.close()
-    if reason and len([j for j in jobs if j.key not in log.records]):
+    if reason and any(job.key not in log.records for job in jobs):
         raise BudgetReached(reason)
 
 

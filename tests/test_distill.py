@@ -188,3 +188,38 @@ def test_kill_and_rerun_loses_nothing_and_duplicates_nothing(tmp_path, clusters_
     assert len(keys) == len(set(keys)) and set(keys) == reference_keys  # every call exactly once
     for name in ("train.jsonl", "val.jsonl", "rejected.jsonl"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "reference_run" / name).read_bytes()
+
+
+def test_teacher_answer_in_the_wrong_format_is_rejected_and_counted(tmp_path, clusters_dir, openai_stub):
+    def sloppy(model, messages, body):
+        prompt = messages[-1]["content"]
+        if model == "gpt-4o" and ("training example number" in prompt or '"critique"' in prompt):
+            return "Sure! Here is a great example for you."  # not the JSON object asked for
+        return teacher_and_judge(model, messages, body)
+    openai_stub.responder = sloppy
+    figures = run(tmp_path, clusters=clusters_dir)
+    assert figures["rejected_by_reason"]["format"] == 40 + 30  # every new example and critique
+    assert set(figures["kept_by_kind"]) == {"answer"}
+    rejected = [r for r in iter_jsonl(tmp_path / "out/rejected.jsonl") if r["stage"] == "teacher"]
+    assert all(r["text"] == "Sure! Here is a great example for you." for r in rejected)
+
+
+def test_teacher_timeout_is_rejected_counted_and_retried_on_rerun(tmp_path, clusters_dir, openai_stub, monkeypatch):
+    from glue import llm_client
+
+    original = llm_client.endpoint_settings
+
+    def quick(role, path=llm_client.ENDPOINTS, profile=None):
+        return {**original(role, path, profile), "timeout_s": 0.5, "max_retries": 0}
+
+    monkeypatch.setattr(llm_client, "endpoint_settings", quick)
+    monkeypatch.setattr(distill, "endpoint_settings", quick)
+    openai_stub.responder = teacher_and_judge
+    openai_stub.hang_seconds = 2.0
+    openai_stub.script("hang")
+    figures = run(tmp_path, clusters=clusters_dir)
+    assert figures["rejected_by_reason"].get("timeout") == 1
+    calls = openai_stub.calls()
+    figures = run(tmp_path, clusters=clusters_dir)  # the rerun asks again for the failed call only
+    assert openai_stub.calls() == calls + 2  # the teacher call, then the judge call for its answer
+    assert "timeout" not in figures["rejected_by_reason"]
