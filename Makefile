@@ -55,6 +55,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help setup setup-gpu render check-render tiny-model train-1a merge-1a train merge \
         new-experiment data bench-data eval-1a eval failures-1b distill-1c train-1c merge-1c eval-1c bench-distill \
+        compress calibrate compress-report package \
         demo test clean
 
 help: ## list the targets
@@ -190,6 +191,29 @@ eval-1c: $(STAMP) ## Phase 1C: same suite and judge as 1A; before/after per task
 bench-distill: $(STAMP) ## benchmark: teacher requests/s at concurrency 64 against a local server with 200 ms latency
 	$(PY) -m tests.bench_distill
 
+# ---- Phase 2: compression, calibration, packaging -------------------------------------------
+PY_COMPRESS := $(VENV_COMPRESS)/bin/python
+RECIPE ?= compression_recipes/w4a16_gptq.yaml
+# What Phase 2 compresses: the 1C model, or any merged model given as MODEL=.
+COMPRESS_FROM = $(or $(MODEL),$(MERGED_1C))
+COMPRESSED = $(WORK)/compressed/$(basename $(notdir $(RECIPE)))
+ARTEFACT ?=
+
+compress: $(STAMP_COMPRESS) ## Phase 2: compress the merged model with a recipe [RECIPE=compression_recipes/x.yaml] [MODEL=dir]
+	$(PY_COMPRESS) -m glue.compress --model $(COMPRESS_FROM) --recipe $(RECIPE) --data $(DATA)/train.jsonl \
+	    --out $(COMPRESSED) $(if $(filter 1,$(OVERWRITE)),--overwrite)
+
+calibrate: $(STAMP_COMPRESS) ## 2F: fit temperature scaling on held-out data, ECE before/after [MODEL=dir, default: RECIPE's output]
+	$(PY_COMPRESS) -m glue.calibrate --model $(or $(MODEL),$(COMPRESSED)) --heldout $(DATA)/val.jsonl \
+	    --out $(WORK)/calibration/$(notdir $(or $(MODEL),$(COMPRESSED))) --overwrite
+
+compress-report: $(STAMP_COMPRESS) ## Phase 2: size, bits/param, perplexity, recovery of every compressed artefact (+ plot)
+	$(PY_COMPRESS) -m glue.compress_report --reference $(COMPRESS_FROM) --heldout $(DATA)/val.jsonl \
+	    --eval-dir $(WORK)/eval --out $(WORK)/compress_report --overwrite $(wildcard $(WORK)/compressed/*)
+
+package: $(STAMP) ## zstd archive + SHA-256 + manifest of an artefact [ARTEFACT=dir, default: RECIPE's output]
+	$(PY) -m glue.package pack $(or $(ARTEFACT),$(COMPRESSED)) --out $(WORK)/packages --overwrite
+
 demo: ## the whole chain on the tiny profile, on CPU, offline (each stage rerun from scratch)
 	$(MAKE) setup
 	$(MAKE) data PROFILE=tiny OVERWRITE=1
@@ -201,7 +225,11 @@ demo: ## the whole chain on the tiny profile, on CPU, offline (each stage rerun 
 	$(MAKE) train-1c PROFILE=tiny OVERWRITE=1
 	$(MAKE) merge-1c PROFILE=tiny OVERWRITE=1
 	$(MAKE) eval-1c PROFILE=tiny
-	@echo "demo done: see work/tiny/eval/1c_vs_1a/compare.md and work/tiny/*/manifest.json"
+	for recipe in compression_recipes/*.yaml; do $(MAKE) compress PROFILE=tiny RECIPE=$$recipe OVERWRITE=1; done
+	$(MAKE) calibrate PROFILE=tiny
+	$(MAKE) compress-report PROFILE=tiny
+	$(MAKE) package PROFILE=tiny
+	@echo "demo done: see work/tiny/eval/1c_vs_1a/compare.md, work/tiny/compress_report/ and work/tiny/*/manifest.json"
 
 test: setup ## run the test suite (offline, CPU; slow end-to-end tests included)
 	$(PY) -m pytest tests --ignore=tests/compress -q --durations=15

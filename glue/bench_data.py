@@ -121,7 +121,7 @@ def bench(rows: int, tokenizer: str, workers: int, seed: int, langdetect_rows: i
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.bench_data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.bench_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20000, help="rows in the synthetic corpus")
     parser.add_argument("--tokenizer", default="work/tiny/base_model", help="tokenizer for the length feature")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)

@@ -270,7 +270,7 @@ def cluster_failures(failures_path: Path, out: Path, profile: str, config_path: 
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--failures", type=Path, required=True, help="failures.jsonl written by glue.failures")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. work/<profile>/1b_clusters")
     parser.add_argument("--profile", default="real")

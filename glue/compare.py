@@ -73,7 +73,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True, help="failures folder of the earlier model (1A)")
     parser.add_argument("--after", type=Path, required=True, help="failures folder of the new model (1C)")
     parser.add_argument("--clusters", type=Path, required=True, help="the 1B clusters folder")

@@ -219,7 +219,7 @@ def curate(profile_name: str, out: Path, config_path: Path = CONFIG, tokenizer: 
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.curate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.curate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", required=True, help="templates/profiles/<name>.yml (real or tiny)")
     parser.add_argument("--out", type=Path, help="output folder (default: <work_dir>/data of the profile)")
     parser.add_argument("--config", type=Path, default=CONFIG, help="data config (default: %(default)s)")

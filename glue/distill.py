@@ -568,7 +568,7 @@ def distill(profile: str, clusters_dir: Path, curated: Path, out: Path, config_p
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.distill", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", required=True)
     parser.add_argument("--clusters", type=Path, required=True, help="folder with clusters.json and members.jsonl")
     parser.add_argument("--curated", type=Path, required=True, help="curated 1A training data to mix in")

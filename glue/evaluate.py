@@ -240,7 +240,7 @@ def evaluate(model: Path, suite_path: Path, out: Path, baseline: Path | None = N
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="Hugging Face checkpoint folder to evaluate")
     parser.add_argument("--suite", type=Path, required=True, help="eval_configs/suites/<profile>_<gate>.yml")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. work/<profile>/eval/1a")

@@ -277,7 +277,7 @@ def collect_failures(model: Path, prompts: Path, out: Path, profile: str, config
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.failures", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.failures", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="the student: a Hugging Face checkpoint folder")
     parser.add_argument("--prompts", type=Path, help="held-out JSONL (default: the profile's <data_dir>/val.jsonl)")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. work/<profile>/1b_failures")

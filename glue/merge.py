@@ -232,7 +232,7 @@ def merge(config_path: str | Path, run_dir: str | Path | None = None, allow_qlor
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.merge", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, help="the Axolotl config the adapter was trained with")
     parser.add_argument("--run", type=Path, help="run folder holding the adapter (default: the config's output_dir)")
     parser.add_argument("--allow-qlora-merge", action="store_true",

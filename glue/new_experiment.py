@@ -82,7 +82,7 @@ def new_experiment(source: str | Path, name: str, dest_root: Path = EXPERIMENTS,
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.new_experiment", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.new_experiment", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="config to copy (rendered or another experiment)")
     parser.add_argument("name", help="experiment name: the file name and the run folder's name")
     parser.add_argument("--dest", type=Path, default=EXPERIMENTS, help="folder for the copy")

@@ -118,7 +118,7 @@ def render_all(profiles: list[str], out_root: Path = OUT, check: bool = False) -
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.render", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="append", help="profile to render (repeatable; default: all)")
     parser.add_argument("--out", type=Path, default=OUT, help="root folder for rendered configs")
     parser.add_argument("--check", action="store_true",

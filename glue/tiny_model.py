@@ -104,7 +104,7 @@ def build_tiny_model(out: Path, corpus: Path, vocab_size: int = 2048, seed: int 
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.tiny_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.tiny_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write the checkpoint to")
     parser.add_argument("--corpus", type=Path, required=True, help="JSONL with `messages` to train the tokenizer on")
     parser.add_argument("--vocab-size", type=int, default=2048)

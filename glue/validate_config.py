@@ -165,7 +165,7 @@ def validate(path: str | Path, for_training: bool = False) -> dict:
 
 
 def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m glue.validate_config", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m glue.validate_config", description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="+", type=Path, help="Axolotl YAML file(s)")
     parser.add_argument("--for-training", action="store_true",
                         help="also check paths, hardware and the output folder, as `make train` does")
