@@ -55,7 +55,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help setup setup-gpu render check-render tiny-model train-1a merge-1a train merge \
         new-experiment data bench-data eval-1a eval failures-1b distill-1c train-1c merge-1c eval-1c bench-distill \
-        compress calibrate compress-report package \
+        compress calibrate compress-report package dequantize train-2e merge-2e \
         demo test clean
 
 help: ## list the targets
@@ -211,6 +211,15 @@ compress-report: $(STAMP_COMPRESS) ## Phase 2: size, bits/param, perplexity, rec
 	$(PY_COMPRESS) -m glue.compress_report --reference $(COMPRESS_FROM) --heldout $(DATA)/val.jsonl \
 	    --eval-dir $(WORK)/eval --out $(WORK)/compress_report --overwrite $(wildcard $(WORK)/compressed/*)
 
+dequantize: $(STAMP_COMPRESS) ## 2E: dense copy of RECIPE's compressed model for the recovery fine-tune
+	$(PY_COMPRESS) -m glue.dequantize --model $(COMPRESSED) --out $(WORK)/2e_recovery_base --overwrite
+
+train-2e: ## 2E: short recovery LoRA over the dequantized compressed model (after make dequantize)
+	$(MAKE) train CONFIG=$(CONFIGS)/2e_recovery.yml
+
+merge-2e: ## 2E: guarded merge of the recovery adapter (then compress it again: make compress MODEL=...)
+	$(MAKE) merge CONFIG=$(CONFIGS)/2e_recovery.yml
+
 package: $(STAMP) ## zstd archive + SHA-256 + manifest of an artefact [ARTEFACT=dir, default: RECIPE's output]
 	$(PY) -m glue.package pack $(or $(ARTEFACT),$(COMPRESSED)) --out $(WORK)/packages --overwrite
 
@@ -226,6 +235,9 @@ demo: ## the whole chain on the tiny profile, on CPU, offline (each stage rerun 
 	$(MAKE) merge-1c PROFILE=tiny OVERWRITE=1
 	$(MAKE) eval-1c PROFILE=tiny
 	for recipe in compression_recipes/*.yaml; do $(MAKE) compress PROFILE=tiny RECIPE=$$recipe OVERWRITE=1; done
+	$(MAKE) dequantize PROFILE=tiny
+	$(MAKE) train-2e PROFILE=tiny OVERWRITE=1
+	$(MAKE) merge-2e PROFILE=tiny OVERWRITE=1
 	$(MAKE) calibrate PROFILE=tiny
 	$(MAKE) compress-report PROFILE=tiny
 	$(MAKE) package PROFILE=tiny
