@@ -199,9 +199,10 @@ COMPRESS_FROM = $(or $(MODEL),$(MERGED_1C))
 COMPRESSED = $(WORK)/compressed/$(basename $(notdir $(RECIPE)))
 ARTEFACT ?=
 
-compress: $(STAMP_COMPRESS) ## Phase 2: compress the merged model with a recipe [RECIPE=compression_recipes/x.yaml] [MODEL=dir]
+compress: $(STAMP_COMPRESS) ## Phase 2: compress with a recipe [RECIPE=compression_recipes/x.yaml] [MODEL=dir] [CALIB_SAMPLES=n] [CALIB_LEN=n]
 	$(PY_COMPRESS) -m glue.compress --model $(COMPRESS_FROM) --recipe $(RECIPE) --data $(DATA)/train.jsonl \
-	    --out $(COMPRESSED) $(if $(filter 1,$(OVERWRITE)),--overwrite)
+	    --out $(COMPRESSED) $(if $(filter 1,$(OVERWRITE)),--overwrite) \
+	    $(if $(CALIB_SAMPLES),--samples $(CALIB_SAMPLES)) $(if $(CALIB_LEN),--max-seq-length $(CALIB_LEN))
 
 calibrate: $(STAMP_COMPRESS) ## 2F: fit temperature scaling on held-out data, ECE before/after [MODEL=dir, default: RECIPE's output]
 	$(PY_COMPRESS) -m glue.calibrate --model $(or $(MODEL),$(COMPRESSED)) --heldout $(DATA)/val.jsonl \
