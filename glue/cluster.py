@@ -264,7 +264,7 @@ def cluster_failures(failures_path: Path, out: Path, profile: str, config_path: 
         figures = {"n_failures": len(failures), "n_clusters": doc["n_clusters"], "noise": doc["noise"],
                    "embed_seconds": round(t_embed, 2), "cluster_seconds": round(t_cluster, 2)}
         write_manifest(tmp, "1b_clusters", {"failures": failures_path, "config": config_path},
-                       {"profile": profile, "labeller": labeller, **{k: v for k, v in config.items()}},
+                       {"profile": profile, "labeller": labeller, **config},
                        figures, started)
     return doc
 
