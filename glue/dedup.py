@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from multiprocessing import Pool
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import xxhash
@@ -69,39 +69,40 @@ def _signature_chunk(args: tuple[list[str], DedupParams]) -> np.ndarray:
     return np.stack([m.hashvalues for m in minhashes])
 
 
-def signatures(texts: Sequence[str], params: DedupParams, workers: int, progress: bool = True) -> np.ndarray:
-    """MinHash hash values, one row per text, computed on `workers` processes."""
-    chunks = [(list(texts[i:i + CHUNK]), params) for i in range(0, len(texts), CHUNK)]
-    if not chunks:
-        return np.zeros((0, params.num_perm), dtype=np.uint32)
-    bar = tqdm(total=len(texts), desc="minhash", unit="row", disable=not progress)
-    parts = []
-    if workers > 1 and len(chunks) > 1:
+def _signature_parts(texts: Sequence[str], params: DedupParams, workers: int) -> Iterator[np.ndarray]:
+    """MinHash hash values of `texts` in order, CHUNK rows at a time, computed on `workers` processes."""
+    chunks = ((list(texts[i:i + CHUNK]), params) for i in range(0, len(texts), CHUNK))
+    if workers > 1 and len(texts) > CHUNK:
         with Pool(workers) as pool:
-            for part in pool.imap(_signature_chunk, chunks):
-                parts.append(part)
-                bar.update(len(part))
+            yield from pool.imap(_signature_chunk, chunks)
     else:
-        for chunk in chunks:
-            parts.append(_signature_chunk(chunk))
-            bar.update(len(parts[-1]))
-    bar.close()
-    return np.concatenate(parts)
+        yield from map(_signature_chunk, chunks)
 
 
-def build_lsh(sigs: np.ndarray, params: DedupParams) -> tuple[MinHashLSH, list[LeanMinHash]]:
+def build_lsh(texts: Sequence[str], params: DedupParams, workers: int,
+              progress: bool = True) -> tuple[MinHashLSH, list[LeanMinHash]]:
+    """The LSH index of `texts` (keys are their indices) and their MinHashes.
+
+    The index is filled while the workers hash the next chunks: inserting is single-threaded
+    Python in datasketch, and overlapping it with hashing is what keeps 640K rows near 5,000 rows/s.
+    """
     lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, params=(params.bands, params.rows))
-    minhashes = [LeanMinHash(seed=params.seed, hashvalues=hv, scheme=SCHEME) for hv in sigs]
-    with lsh.insertion_session() as session:
-        for index, minhash in enumerate(minhashes):
-            session.insert(index, minhash, check_duplication=False)
+    minhashes: list[LeanMinHash] = []
+    with tqdm(total=len(texts), desc="minhash+index", unit="row", disable=not progress) as bar, \
+            lsh.insertion_session() as session:
+        for part in _signature_parts(texts, params, workers):
+            for hashvalues in part:
+                minhash = LeanMinHash(seed=params.seed, hashvalues=hashvalues, scheme=SCHEME)
+                session.insert(len(minhashes), minhash, check_duplication=False)
+                minhashes.append(minhash)
+            bar.update(len(part))
     return lsh, minhashes
 
 
 def deduplicate(texts: Sequence[str], priority: Sequence[int], params: DedupParams, workers: int,
                 progress: bool = True) -> DedupResult:
     """Indices of `texts` to remove as near-duplicates, each with the index it duplicates."""
-    lsh, minhashes = build_lsh(signatures(texts, params, workers, progress), params)
+    lsh, minhashes = build_lsh(texts, params, workers, progress)
     rank = {index: r for r, index in enumerate(priority)}
     result = DedupResult()
     for index in tqdm(priority, desc="dedup", unit="row", disable=not progress):
