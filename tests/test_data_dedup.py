@@ -2,7 +2,9 @@
 
 import random
 
-from glue.dedup import DedupParams, deduplicate, jaccard, shingles
+from datasketch import LeanMinHash
+
+from glue.dedup import SCHEME, DedupParams, _signature_chunk, build_lsh, candidates, deduplicate, jaccard, shingles
 
 PARAMS = DedupParams()
 
@@ -61,3 +63,13 @@ def test_deterministic_and_the_same_on_two_processes():
     one = deduplicate(texts, range(len(texts)), PARAMS, workers=1, progress=False)
     two = deduplicate(texts, range(len(texts)), PARAMS, workers=2, progress=False)
     assert one.removed == two.removed and len(one.removed) == 251
+
+
+def test_candidates_are_what_lsh_query_returns():
+    texts, _ = corpus()
+    lsh = build_lsh(texts, PARAMS, workers=1, progress=False)
+    neighbours = candidates(lsh)
+    assert len(neighbours) >= 2 * 11, "every planted pair shares a bucket"
+    for i, hashvalues in enumerate(_signature_chunk((texts, PARAMS))):
+        query = lsh.query(LeanMinHash(seed=PARAMS.seed, hashvalues=hashvalues, scheme=SCHEME))
+        assert set(query) == neighbours.get(i, {i}), i
