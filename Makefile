@@ -43,6 +43,18 @@ stamp = $(1)/.installed-$(shell sha256sum $(2) | cut -c1-16)
 STAMP := $(call stamp,$(VENV),requirements.txt)
 STAMP_COMPRESS := $(call stamp,$(VENV_COMPRESS),requirements-compress.txt)
 
+# llama-cpp-python and llama.cpp's converter (requirements-gguf.txt), into the compression env.
+# The build is portable x86-64 with AVX2: a native build on a CPU with AMX enables ggml's AMX
+# kernels, which crashed (SIGSEGV in ggml_backend_amx_mul_mat) on every quantized GGUF here.
+# GPU hosts may set LLAMA_CPP_CMAKE_ARGS=-DGGML_CUDA=on. Built once per machine and argument set.
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements-gguf.txt)
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_CPP_CACHE ?= $(HOME)/.cache/cogumi/llama-cpp
+LLAMA_CPP_BUILD := $(shell (cat requirements-gguf.txt; echo '$(LLAMA_CPP_CMAKE_ARGS)') | sha256sum | cut -c1-16)
+LLAMA_CPP_SDIST := $(LLAMA_CPP_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+LLAMA_CPP := $(VENV_COMPRESS)/src/llama.cpp
+STAMP_GGUF := $(VENV_COMPRESS)/.llama-cpp-$(LLAMA_CPP_BUILD)
+
 # Axolotl/transformers/lm-eval must never reach a hub in the tiny profile.
 ifeq ($(PROFILE),tiny)
 export HF_HUB_OFFLINE := 1
@@ -55,14 +67,14 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help setup setup-gpu render check-render tiny-model train-1a merge-1a train merge \
         new-experiment data bench-data eval-1a eval failures-1b distill-1c train-1c merge-1c eval-1c bench-distill \
-        compress calibrate compress-report package dequantize train-2e merge-2e \
+        compress gguf calibrate eval-compressed compress-report package dequantize train-2e merge-2e \
         demo test clean
 
 help: ## list the targets
 	@echo "usage: make <target> [PROFILE=real|tiny] [CONFIG=file.yml] [RUN=dir]"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-setup: $(STAMP) $(STAMP_COMPRESS) ## create both virtual environments (quick when nothing changed)
+setup: $(STAMP) $(STAMP_COMPRESS) $(STAMP_GGUF) ## create both virtual environments (quick when nothing changed)
 
 $(STAMP): requirements.txt
 	@echo "setup: $(VENV) from requirements.txt ($(TORCH_SPEC))"
@@ -80,6 +92,24 @@ $(STAMP_COMPRESS): requirements-compress.txt
 	$(VENV_COMPRESS)/bin/pip install $(PIP_QUIET) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)" 2>&1 $(QUIET_INDEX_WARNINGS)
 	$(VENV_COMPRESS)/bin/pip install $(PIP_QUIET) -r requirements-compress.txt 2>&1 $(QUIET_INDEX_WARNINGS)
 	$(VENV_COMPRESS)/bin/pip check
+	touch $@
+
+$(STAMP_GGUF): requirements-gguf.txt | $(STAMP_COMPRESS)
+	@echo "setup: llama-cpp-python $(LLAMA_CPP_VERSION) and llama.cpp's converter into $(VENV_COMPRESS)"
+	rm -f $(VENV_COMPRESS)/.llama-cpp-*
+	mkdir -p $(LLAMA_CPP_CACHE)/$(LLAMA_CPP_BUILD)
+	[ -f $(LLAMA_CPP_SDIST) ] || $(VENV_COMPRESS)/bin/pip download $(PIP_QUIET) --no-deps --no-binary :all: \
+	    -d $(LLAMA_CPP_CACHE) llama-cpp-python==$(LLAMA_CPP_VERSION) 2>&1 $(QUIET_INDEX_WARNINGS)
+	ls $(LLAMA_CPP_CACHE)/$(LLAMA_CPP_BUILD)/*.whl >/dev/null 2>&1 || { \
+	    echo "setup: building llama-cpp-python (once per machine, ~10 min on 2 cores; cached in $(LLAMA_CPP_CACHE))"; \
+	    CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(VENV_COMPRESS)/bin/pip wheel $(PIP_QUIET) --no-deps --no-cache-dir \
+	        -w $(LLAMA_CPP_CACHE)/$(LLAMA_CPP_BUILD) $(LLAMA_CPP_SDIST) 2>&1 $(QUIET_INDEX_WARNINGS); }
+	$(VENV_COMPRESS)/bin/pip install $(PIP_QUIET) --no-deps --force-reinstall $(LLAMA_CPP_CACHE)/$(LLAMA_CPP_BUILD)/*.whl
+	$(VENV_COMPRESS)/bin/pip install $(PIP_QUIET) -r requirements-gguf.txt 2>&1 $(QUIET_INDEX_WARNINGS)
+	$(VENV_COMPRESS)/bin/pip check
+	rm -rf $(LLAMA_CPP) && mkdir -p $(LLAMA_CPP)
+	tar -xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP) --strip-components=3 \
+	    $(addprefix llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE)
 	touch $@
 
 setup-gpu: $(STAMP) ## GPU hosts only: add flash-attn and deepspeed to the training environment
@@ -208,9 +238,28 @@ calibrate: $(STAMP_COMPRESS) ## 2F: fit temperature scaling on held-out data, EC
 	$(PY_COMPRESS) -m glue.calibrate --model $(or $(MODEL),$(COMPRESSED)) --heldout $(DATA)/val.jsonl \
 	    --out $(WORK)/calibration/$(notdir $(or $(MODEL),$(COMPRESSED))) --overwrite
 
-compress-report: $(STAMP_COMPRESS) ## Phase 2: size, bits/param, perplexity, recovery of every compressed artefact (+ plot)
+# The reference (COMPRESS_FROM) is evaluated again here, into eval/<its folder name> (`merged`),
+# where compress-report looks: the denominator of "eval recovery" then comes from the same
+# lm-eval release, the same flags and the same tasks (code or not) as the artefacts.
+REFERENCE_EVAL = $(WORK)/eval/$(notdir $(patsubst %/,%,$(COMPRESS_FROM)))
+eval-compressed: $(STAMP) $(STAMP_COMPRESS) ## Phase 2: eval suite on the reference and every compressed/ folder, for compress-report [MODEL=dir] [ALLOW_CODE_EVAL=1]
+	@[ -n "$(wildcard $(WORK)/compressed/*)" ] || { echo "error: nothing under $(WORK)/compressed/; run make compress first" >&2; exit 2; }
+	$(CODE_ENV) $(PY_COMPRESS) -m glue.evaluate --model $(COMPRESS_FROM) --suite $(SUITE) \
+	    --out $(REFERENCE_EVAL) $(CODE_FLAG) --overwrite
+	for model in $(wildcard $(WORK)/compressed/*); do \
+	    $(CODE_ENV) $(PY_COMPRESS) -m glue.evaluate --model $$model --suite $(SUITE) --out $(WORK)/eval/$$(basename $$model) \
+	        --baseline $(REFERENCE_EVAL) $(CODE_FLAG) --overwrite; \
+	done
+
+compress-report: $(STAMP_COMPRESS) ## Phase 2: size, bits/param, perplexity, recovery of every compressed/ folder and gguf/ file (+ plot)
 	$(PY_COMPRESS) -m glue.compress_report --reference $(COMPRESS_FROM) --heldout $(DATA)/val.jsonl \
-	    --eval-dir $(WORK)/eval --out $(WORK)/compress_report --overwrite $(wildcard $(WORK)/compressed/*)
+	    --eval-dir $(WORK)/eval --out $(WORK)/compress_report --overwrite \
+	    $(wildcard $(WORK)/compressed/*) $(wildcard $(WORK)/gguf/*.gguf)
+
+GGUF_TYPES ?= Q5_K_M,Q4_K_M
+gguf: $(STAMP_COMPRESS) $(STAMP_GGUF) ## Phase 2: GGUF export + llama.cpp quantization, checked against transformers [MODEL=dir] [GGUF_TYPES=Q5_K_M,Q4_K_M]
+	$(PY_COMPRESS) -m glue.gguf --model $(COMPRESS_FROM) --types $(GGUF_TYPES) --converter $(LLAMA_CPP) \
+	    --data $(DATA)/val.jsonl --out $(WORK)/gguf $(if $(filter 1,$(OVERWRITE)),--overwrite)
 
 dequantize: $(STAMP_COMPRESS) ## 2E: dense copy of RECIPE's compressed model for the recovery fine-tune
 	$(PY_COMPRESS) -m glue.dequantize --model $(COMPRESSED) --out $(WORK)/2e_recovery_base --overwrite
@@ -236,10 +285,12 @@ demo: ## the whole chain on the tiny profile, on CPU, offline (each stage rerun 
 	$(MAKE) merge-1c PROFILE=tiny OVERWRITE=1
 	$(MAKE) eval-1c PROFILE=tiny
 	for recipe in compression_recipes/*.yaml; do $(MAKE) compress PROFILE=tiny RECIPE=$$recipe OVERWRITE=1; done
+	$(MAKE) gguf PROFILE=tiny OVERWRITE=1
 	$(MAKE) dequantize PROFILE=tiny
 	$(MAKE) train-2e PROFILE=tiny OVERWRITE=1
 	$(MAKE) merge-2e PROFILE=tiny OVERWRITE=1
 	$(MAKE) calibrate PROFILE=tiny
+	$(MAKE) eval-compressed PROFILE=tiny
 	$(MAKE) compress-report PROFILE=tiny
 	$(MAKE) package PROFILE=tiny
 	@echo "demo done: see work/tiny/eval/1c_vs_1a/compare.md, work/tiny/compress_report/ and work/tiny/*/manifest.json"

@@ -3,8 +3,9 @@ parameter, perplexity on a held-out split, recovery against the merged (referenc
 and the evaluation suite's score where its results exist. Writes report.md, report.json and
 a size-vs-quality plot (size_vs_quality.png).
 
-Perplexity is measured here, with the same tokenizer and records for every artefact (the
-held-out split rendered with the chat template). Eval-suite scores are not measured here:
+Perplexity is measured here, on the same token ids for every artefact (the held-out split
+rendered with the chat template and tokenized by the reference's tokenizer); GGUF files are
+scored through llama-cpp-python. Eval-suite scores are not measured here:
 they are read from `<eval-dir>/<artefact name>/summary.json` (written by `python -m
 glue.evaluate --out <eval-dir>/<artefact name>`) when that file exists, "-" otherwise.
 
@@ -25,25 +26,19 @@ from glue.manifest import write_manifest
 from glue.package import disk_bytes
 
 
-def perplexity(model_dir: Path, texts: list[str], max_seq_length: int) -> tuple[float, int]:
-    """Token-level perplexity of the model on `texts` (each scored on its own); returns (ppl, tokens)."""
+def perplexity(model_dir: Path, token_lists: list[list[int]]) -> tuple[float, int]:
+    """Token-level perplexity of a checkpoint on `token_lists` (each scored on its own); returns (ppl, tokens)."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
     total_nll, total_tokens = 0.0, 0
-    for text in tqdm(texts, desc=f"perplexity {Path(model_dir).name}", unit="record"):
-        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_seq_length)["input_ids"]
-        if len(ids) < 2:
-            continue
+    for ids in tqdm(token_lists, desc=f"perplexity {Path(model_dir).name}", unit="record"):
         with torch.no_grad():
             loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss
         total_nll += float(loss) * (len(ids) - 1)  # transformers averages over the len - 1 shifted targets
         total_tokens += len(ids) - 1
-    if not total_tokens:
-        raise UserError("the held-out split has no record of two tokens or more")
     return math.exp(total_nll / total_tokens), total_tokens
 
 
@@ -65,24 +60,36 @@ def measure(reference: Path, artefacts: list[Path], heldout: Path, samples: int,
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    for folder in [reference, *artefacts]:
-        if not (Path(folder) / "config.json").is_file():
-            raise UserError(f"{folder}: not a checkpoint folder (no config.json); run `make compress` first")
-    texts = render_records(heldout, AutoTokenizer.from_pretrained(reference), samples, seed)
+    for artefact in [reference, *artefacts]:
+        if not (Path(artefact).suffix == ".gguf" and Path(artefact).is_file()
+                or (Path(artefact) / "config.json").is_file()):
+            raise UserError(f"{artefact}: neither a checkpoint folder (no config.json) nor a GGUF file; "
+                            "run `make compress` / `make gguf` first")
+    tokenizer = AutoTokenizer.from_pretrained(reference)
+    # Every artefact is scored on the same token ids (GGUF files too: `make gguf` checks that
+    # llama.cpp tokenizes exactly like this tokenizer).
+    token_lists = [ids for ids in (tokenizer(text, add_special_tokens=False, truncation=True,
+                                             max_length=max_seq_length)["input_ids"]
+                                   for text in render_records(heldout, tokenizer, samples, seed)) if len(ids) > 1]
+    if not token_lists:
+        raise UserError(f"{heldout}: no record of two tokens or more")
     # Bits per parameter are counted against the reference model's parameters: a packed
     # 4-bit checkpoint stores fewer, larger tensors, so its own count would mislead.
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(reference))
     parameters = sum(p.numel() for p in skeleton.parameters())
     rows = []
-    for folder in [reference, *artefacts]:
-        folder = Path(folder)
-        ppl, tokens = perplexity(folder, texts, max_seq_length)
-        weights = disk_bytes(folder, ".safetensors")
+    for artefact in map(Path, [reference, *artefacts]):
+        if artefact.suffix == ".gguf":
+            from glue.gguf import perplexity as gguf_perplexity
+
+            (ppl, tokens), weights = gguf_perplexity(artefact, token_lists), artefact.stat().st_size
+        else:
+            (ppl, tokens), weights = perplexity(artefact, token_lists), disk_bytes(artefact, ".safetensors")
         rows.append({
-            "artefact": folder.name, "path": str(folder), "weights_bytes": weights,
+            "artefact": artefact.name, "path": str(artefact), "weights_bytes": weights,
             "bits_per_parameter": 8 * weights / parameters, "perplexity": ppl, "tokens": tokens,
-            "eval_score": eval_score(eval_dir / folder.name / "summary.json") if eval_dir else None,
+            "eval_score": eval_score(eval_dir / artefact.name / "summary.json") if eval_dir else None,
         })
     ref = rows[0]
     for row in rows:
@@ -102,7 +109,8 @@ def markdown(rows: list[dict], heldout: Path) -> str:
         f"Perplexity: token-level, on `{heldout}` rendered with the chat template ({rows[0]['tokens']} tokens). "
         "PPL recovery = reference perplexity / artefact perplexity. Eval score: the evaluation suite's "
         "mean task score where its `summary.json` exists (\"-\": not evaluated). Bits/param: weights on disk "
-        "x 8 / the reference model's parameter count.",
+        "x 8 / the reference model's parameter count (for GGUF files: the whole file). The evaluation "
+        "suite is not run on GGUF files (lm-eval reaches them only through a llama.cpp server).",
         "",
         "| artefact | weights (MB) | bits/param | perplexity | PPL recovery % | eval score | eval recovery % |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -161,7 +169,7 @@ def report(reference: Path, artefacts: list[Path], heldout: Path, out: Path, sam
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m glue.compress_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, required=True, help="the merged full-precision checkpoint")
-    parser.add_argument("artefacts", type=Path, nargs="+", help="compressed checkpoint folders")
+    parser.add_argument("artefacts", type=Path, nargs="+", help="compressed checkpoint folders and GGUF files")
     parser.add_argument("--heldout", type=Path, required=True, help="held-out split (JSONL with `messages`)")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.md, report.json, the plot")
     parser.add_argument("--samples", type=int, default=200, help="held-out records scored per artefact")

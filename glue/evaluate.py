@@ -9,6 +9,11 @@ num_fewshot, limit and gate. A gate is `metric` (lm-eval's "metric,filter" key) 
 Tasks that execute model-written code (lm-eval's `unsafe_code`, e.g. HumanEval) run only with
 --allow-code-exec AND HF_ALLOW_CODE_EVAL=1 in the environment; otherwise they are reported as
 not run and the gate verdict is INCOMPLETE, never PASS.
+
+Runs in either environment: the training one (lm-eval 0.4.11) evaluates dense checkpoints,
+the compression one (lm-eval 0.4.13, compressed-tensors) also evaluates `make compress`'s
+outputs (`make eval-compressed`). The two lm-eval releases index tasks differently; the
+helpers below read both.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def load_suite(path: str | Path, manager=None) -> dict:
         if unknown := set(entry) - TASK_KEYS:
             raise UserError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(TASK_KEYS)})")
         name = entry["task"]
-        if not manager._name_is_registered(name):
+        if name not in manager.task_index:
             close = difflib.get_close_matches(name, manager.all_tasks, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "see `lm-eval ls tasks`"
             raise UserError(f"{where}: unknown lm-eval task {name!r} ({hint})")
@@ -66,19 +71,34 @@ def load_suite(path: str | Path, manager=None) -> dict:
     return suite
 
 
+def index_entry(manager, name: str) -> tuple[str, str | None]:
+    """(kind, YAML path) of a registered name; kind is "task", "python_task", "group" or "tag".
+    lm-eval 0.4.11 indexes plain dicts ({"type", "yaml_path"}), 0.4.13 `Entry` objects."""
+    entry = manager.task_index[name]
+    if isinstance(entry, dict):
+        return entry["type"], entry.get("yaml_path")
+    kind = entry.kind.name.lower()
+    return ("python_task" if kind == "py_task" else kind), entry.yaml_path
+
+
 def task_config(manager, name: str) -> dict:
     """A task's YAML through lm-eval's own loader, without importing its `!function` code
     (the stock humaneval code downloads a metric from the hub on import)."""
-    from lm_eval.utils import load_yaml_config
-
-    entry = manager.task_index[name]
-    if entry["type"] == "python_task":
+    kind, yaml_path = index_entry(manager, name)
+    if kind == "python_task":
         return {}
-    return load_yaml_config(entry["yaml_path"], mode="simple")
+    try:  # lm-eval 0.4.13
+        from lm_eval.tasks._yaml_loader import load_yaml
+    except ImportError:  # lm-eval 0.4.11
+        from lm_eval.utils import load_yaml_config
+
+        return load_yaml_config(yaml_path, mode="simple")
+    return load_yaml(yaml_path, resolve_func=False, recursive=True)
 
 
 def is_unsafe(manager, name: str) -> bool:
-    return bool(task_config(manager, name).get("unsafe_code")) if manager._name_is_task(name) else False
+    registered = name in manager.task_index and index_entry(manager, name)[0] == "task"
+    return bool(task_config(manager, name).get("unsafe_code")) if registered else False
 
 
 def check_model_dir(path: str | Path) -> Path:

@@ -35,6 +35,6 @@ def test_report_table_plot_and_eval_column(compressed, tiny_model, tmp_path):
 
 
 def test_report_refuses_a_folder_that_is_not_a_checkpoint(tiny_model, tmp_path):
-    with pytest.raises(UserError, match="not a checkpoint"):
+    with pytest.raises(UserError, match="neither a checkpoint folder .* nor a GGUF file"):
         report(tiny_model, [tmp_path], SFT_DIR / "val.jsonl", tmp_path / "out")
     assert not (tmp_path / "out").exists()
