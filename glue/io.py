@@ -116,15 +116,58 @@ def write_jsonl_atomic(target: str | Path, records: Iterable[dict]) -> int:
     return count
 
 
-def sha256_path(path: str | Path) -> str:
-    """SHA-256 of a file, or of a folder's files (names and contents, in sorted order)."""
-    path = Path(path)
+# Files at least this large have their digest remembered across processes: every stage that
+# takes a model folder as input hashes it for its manifest, and on the real profile that is
+# 16 GB of weights read again by each of eval, compress, calibrate, gguf and compress-report.
+DIGEST_CACHE_MIN_BYTES = 16 << 20
+
+
+def digest_cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "cogumi" / "sha256.sqlite"
+
+
+def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of one file; a large file's digest is kept in `digest_cache_path()` under its
+    path, inode, size and modification time, so an unchanged file is read once per machine."""
+    import sqlite3
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    if stat.st_size < DIGEST_CACHE_MIN_BYTES:
+        return _file_sha256(path)
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    try:
+        cache = digest_cache_path()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(cache, timeout=60)) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS digest (path TEXT PRIMARY KEY, inode INTEGER, size INTEGER,"
+                       " mtime_ns INTEGER, sha256 TEXT)")
+            row = db.execute("SELECT sha256 FROM digest WHERE path=? AND inode=? AND size=? AND mtime_ns=?",
+                             key).fetchone()
+            if row:
+                return row[0]
+            digest = _file_sha256(path)
+            db.execute("INSERT OR REPLACE INTO digest VALUES (?, ?, ?, ?, ?)", (*key, digest))
+            return digest
+    except (OSError, sqlite3.Error):  # no writable cache: the digest is still right, only slower
+        return _file_sha256(path)
+
+
+def sha256_path(path: str | Path) -> str:
+    """SHA-256 of a file, or of a folder: of its files' relative names and SHA-256s, in sorted order."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path)}\0{file_sha256(file)}\n".encode())
     return digest.hexdigest()
