@@ -234,9 +234,14 @@ compress: $(STAMP_COMPRESS) ## Phase 2: compress with a recipe [RECIPE=compressi
 	    --out $(COMPRESSED) $(if $(filter 1,$(OVERWRITE)),--overwrite) \
 	    $(if $(CALIB_SAMPLES),--samples $(CALIB_SAMPLES)) $(if $(CALIB_LEN),--max-seq-length $(CALIB_LEN))
 
-calibrate: $(STAMP_COMPRESS) ## 2F: fit temperature scaling on held-out data, ECE before/after [MODEL=dir, default: RECIPE's output]
-	$(PY_COMPRESS) -m glue.calibrate --model $(or $(MODEL),$(COMPRESSED)) --heldout $(DATA)/val.jsonl \
-	    --out $(WORK)/calibration/$(notdir $(or $(MODEL),$(COMPRESSED))) --overwrite
+# tokens: next-token confidence on the curated held-out split; choices: the answer-letter
+# confidence on multiple-choice questions, which need a local MMLU-style file (HELDOUT=).
+CALIBRATION ?= tokens
+HELDOUT ?= $(if $(filter tokens,$(CALIBRATION)),$(DATA)/val.jsonl)
+calibrate: $(STAMP_COMPRESS) ## 2F: temperature scaling, ECE before/after [MODEL=dir, default: RECIPE's output] [CALIBRATION=tokens|choices HELDOUT=file]
+	@[ -n "$(HELDOUT)" ] || { echo "error: CALIBRATION=$(CALIBRATION) needs HELDOUT=<JSONL of question/choices/answer records>, e.g. tests/fixtures/eval/mmlu_test.jsonl" >&2; exit 2; }
+	$(PY_COMPRESS) -m glue.calibrate --model $(or $(MODEL),$(COMPRESSED)) --heldout $(HELDOUT) --mode $(CALIBRATION) \
+	    --out $(WORK)/calibration/$(notdir $(or $(MODEL),$(COMPRESSED)))/$(CALIBRATION) --overwrite
 
 # The reference (COMPRESS_FROM) is evaluated again here, into eval/<its folder name> (`merged`),
 # where compress-report looks: the denominator of "eval recovery" then comes from the same
@@ -290,6 +295,7 @@ demo: ## the whole chain on the tiny profile, on CPU, offline (each stage rerun 
 	$(MAKE) train-2e PROFILE=tiny OVERWRITE=1
 	$(MAKE) merge-2e PROFILE=tiny OVERWRITE=1
 	$(MAKE) calibrate PROFILE=tiny
+	$(MAKE) calibrate PROFILE=tiny CALIBRATION=choices HELDOUT=tests/fixtures/eval/mmlu_test.jsonl
 	$(MAKE) eval-compressed PROFILE=tiny
 	$(MAKE) compress-report PROFILE=tiny
 	$(MAKE) package PROFILE=tiny

@@ -1,13 +1,19 @@
-"""Fit a softmax temperature that calibrates a model's next-token confidence (2F), report the
+"""Fit a softmax temperature that calibrates a model's confidence (2F), report the
 expected calibration error (ECE) before and after, and draw a reliability diagram.
 
-Confidence is the probability the model gives its top next token on the last assistant turn
-of held-out records; it is "correct" when that token is the reference token. The held-out
-split is cut in two with a fixed seed: the temperature is fitted on one half (minimum
-negative log-likelihood, Guo et al. 2017) and ECE is measured on the other, so the "after"
-figure is not scored on the data it was fitted on. The router divides logits by the
-temperature before reading confidence: it is written to `<model>/calibration.json`, so it
-travels with the model (and into `make package`).
+Two kinds of confidence (--mode):
+- `tokens` (default): the probability the model gives its top next token at each token of the
+  last assistant turn of held-out records (the project's `messages` format); "correct" when
+  that token is the reference token.
+- `choices`: multiple-choice questions (MMLU's `question`, `choices`, `answer` fields): the
+  softmax over the answer letters' logits after the question; "correct" when the most likely
+  letter is the right one. This is the per-question confidence a router acts on.
+The held-out set is cut in two with a fixed seed: the temperature is fitted on one half
+(minimum negative log-likelihood, Guo et al. 2017) and ECE is measured on the other, so the
+"after" figure is not scored on the data it was fitted on. The router divides logits by the
+temperature before reading confidence: it is written to `<model>/calibration.json` under the
+mode's name ({"tokens": {...}, "choices": {...}}), so it travels with the model (and into `make
+package`).
 
 Runs in the compression environment (compressed-tensors checkpoints need it to load).
 """
@@ -21,10 +27,59 @@ import time
 from pathlib import Path
 
 from glue.compress import load_conversations
-from glue.io import UserError, atomic_path, require_file, run_cli, write_text_atomic
+from glue.io import UserError, atomic_path, iter_jsonl, require_file, run_cli, write_text_atomic
 from glue.manifest import write_manifest
 
 BINS = 15
+LETTERS = "ABCDEFGHIJ"
+CONFIDENCE = {"tokens": "softmax(logits / temperature) of the top next token",
+              "choices": "softmax(answer-letter logits / temperature) of the most likely choice"}
+UNIT = {"tokens": "tokens", "choices": "questions"}
+
+
+def load_choice_questions(path: Path) -> list[tuple[str, list[str], int]]:
+    """(question, choices, index of the right choice) of every record of an MMLU-style JSONL."""
+    questions = []
+    for where, record in iter_jsonl(path, with_location=True):
+        question, choices, answer = record.get("question"), record.get("choices"), record.get("answer")
+        if not (isinstance(question, str) and isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS)
+                and all(isinstance(c, str) for c in choices) and isinstance(answer, int)
+                and 0 <= answer < len(choices)):
+            raise UserError(f"{where}: a multiple-choice record needs `question` (text), `choices` (2 to "
+                            f"{len(LETTERS)} texts) and `answer` (the index of the right choice)")
+        questions.append((question, choices, answer))
+    if len({len(c) for _, c, _ in questions}) > 1:
+        raise UserError(f"{path}: every question needs the same number of choices "
+                        f"(found {sorted({len(c) for _, c, _ in questions})})")
+    return questions
+
+
+def choice_logits(model_dir: Path, questions: list[tuple[str, list[str], int]], max_seq_length: int):
+    """The logits of the answer letters after each question (rendered with the chat template),
+    and the right letters' indices: (float32 [n, choices], int64 [n])."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+    letters = LETTERS[:len(questions[0][1])]
+    letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in letters]
+    if any(len(ids) != 1 for ids in letter_ids):
+        raise UserError(f"{model_dir}: the tokenizer splits an answer letter into several tokens; "
+                        "use --mode tokens")
+    letter_ids = [ids[0] for ids in letter_ids]
+    rows, targets = [], []
+    for question, choices, answer in tqdm(questions, desc="scoring questions", unit="question"):
+        content = "\n".join([question, *(f"{l}. {c}" for l, c in zip(letters, choices)),
+                              "Answer with the letter of the correct choice."])
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                               add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_seq_length:]
+        with torch.no_grad():
+            rows.append(model(input_ids=torch.tensor([ids])).logits[0, -1, letter_ids].float())
+        targets.append(answer)
+    return torch.stack(rows), torch.tensor(targets)
 
 
 def assistant_logits(model_dir: Path, conversations: list[list[dict]], max_tokens: int, max_seq_length: int):
@@ -98,10 +153,10 @@ def confidence_stats(logits, targets, temperature: float, bins: int = BINS) -> d
             per_bin.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
                             "accuracy": acc, "confidence": conf})
     nll = float(torch.nn.functional.cross_entropy(logits / temperature, targets))
-    return {"ece": ece, "nll": nll, "accuracy": float(correct.mean()), "tokens": len(targets), "bins": per_bin}
+    return {"ece": ece, "nll": nll, "accuracy": float(correct.mean()), "count": len(targets), "bins": per_bin}
 
 
-def reliability_diagram(before: dict, after: dict, temperature: float, target: Path) -> None:
+def reliability_diagram(before: dict, after: dict, temperature: float, mode: str, target: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,8 +169,8 @@ def reliability_diagram(before: dict, after: dict, temperature: float, target: P
                    edgecolor="black", color="tab:blue", alpha=0.8)
             ax.plot((b["low"] + b["high"]) / 2, b["confidence"], "o", color="tab:red", markersize=4)
         ax.plot([0, 1], [0, 1], "--", color="gray")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-token probability)",
-               title=f"{title}\nECE {stats['ece']:.4f}, {stats['tokens']} tokens")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"confidence ({'top-token' if mode == 'tokens' else 'top-choice'} probability)",
+               title=f"{title}\nECE {stats['ece']:.4f}, {stats['count']} {UNIT[mode]}")
     axes[0].set_ylabel("accuracy (bars); mean confidence (red dots)")
     fig.tight_layout()
     with atomic_path(target, overwrite=True) as tmp:
@@ -124,27 +179,36 @@ def reliability_diagram(before: dict, after: dict, temperature: float, target: P
 
 
 def calibrate(model_dir: Path, heldout: Path, out: Path, max_tokens: int = 4096, max_seq_length: int = 2048,
-              seed: int = 0, overwrite: bool = False) -> dict:
+              seed: int = 0, overwrite: bool = False, mode: str = "tokens") -> dict:
     started = time.time()
     model_dir, out = Path(model_dir), Path(out)
     require_file(model_dir / "config.json", "model config", "point --model at a checkpoint folder")
-    conversations = load_conversations(heldout)
-    if len(conversations) < 2:
+    if mode not in CONFIDENCE:
+        raise UserError(f"--mode must be one of {', '.join(CONFIDENCE)}, got {mode!r}")
+    records = load_conversations(heldout) if mode == "tokens" else load_choice_questions(heldout)
+    if len(records) < 2:
         raise UserError(f"{heldout}: need at least 2 held-out records (one to fit, one to measure)")
-    random.Random(seed).shuffle(conversations)
-    half = len(conversations) // 2
-    fit_logits, fit_targets = assistant_logits(model_dir, conversations[:half], max_tokens, max_seq_length)
-    test_logits, test_targets = assistant_logits(model_dir, conversations[half:], max_tokens, max_seq_length)
+    random.Random(seed).shuffle(records)
+    half = len(records) // 2
+
+    def score(part):
+        if mode == "tokens":
+            return assistant_logits(model_dir, part, max_tokens, max_seq_length)
+        return choice_logits(model_dir, part, max_seq_length)
+
+    (fit_logits, fit_targets), (test_logits, test_targets) = score(records[:half]), score(records[half:])
     temperature = fit_temperature(fit_logits, fit_targets)
     before = confidence_stats(test_logits, test_targets, 1.0)
     after = confidence_stats(test_logits, test_targets, temperature)
     fit_nll = {"before": confidence_stats(fit_logits, fit_targets, 1.0)["nll"],
                "after": confidence_stats(fit_logits, fit_targets, temperature)["nll"]}
+    unit = UNIT[mode]
     result = {
         "temperature": temperature,
-        "confidence": "softmax(logits / temperature) of the top next token",
-        "fitted_on": {"data": str(heldout), "records": half, "tokens": len(fit_targets), "nll": fit_nll},
-        "measured_on": {"records": len(conversations) - half, "tokens": len(test_targets),
+        "mode": mode,
+        "confidence": CONFIDENCE[mode],
+        "fitted_on": {"data": str(heldout), "records": half, unit: len(fit_targets), "nll": fit_nll},
+        "measured_on": {"records": len(records) - half, unit: len(test_targets),
                         "ece_before": before["ece"], "ece_after": after["ece"],
                         "nll_before": before["nll"], "nll_after": after["nll"],
                         "top1_accuracy": before["accuracy"]},
@@ -153,19 +217,29 @@ def calibrate(model_dir: Path, heldout: Path, out: Path, max_tokens: int = 4096,
         tmp.mkdir(parents=True)
         write_text_atomic(tmp / "calibration.json", json.dumps({**result, "before": before, "after": after},
                                                                  indent=2) + "\n")
-        reliability_diagram(before, after, temperature, tmp / "reliability.png")
+        reliability_diagram(before, after, temperature, mode, tmp / "reliability.png")
         write_manifest(tmp, "calibrate", {"model": model_dir, "heldout": heldout},
-                       {"max_tokens": max_tokens, "max_seq_length": max_seq_length, "seed": seed, "bins": BINS},
+                       {"mode": mode, "max_tokens": max_tokens, "max_seq_length": max_seq_length, "seed": seed,
+                        "bins": BINS},
                        {"temperature": temperature, "ece_before": before["ece"], "ece_after": after["ece"],
                         "nll_before": before["nll"], "nll_after": after["nll"]}, started)
-    write_text_atomic(model_dir / "calibration.json", json.dumps(result, indent=2) + "\n")
+    # One file per model, one entry per mode: a later fit of the other mode keeps this one.
+    try:
+        saved = json.loads((model_dir / "calibration.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    saved = {k: v for k, v in saved.items() if k in CONFIDENCE} if isinstance(saved, dict) else {}
+    write_text_atomic(model_dir / "calibration.json", json.dumps({**saved, mode: result}, indent=2) + "\n")
     return result
 
 
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m glue.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="checkpoint folder (merged or compressed)")
-    parser.add_argument("--heldout", type=Path, required=True, help="held-out split (JSONL with `messages`)")
+    parser.add_argument("--heldout", type=Path, required=True,
+                        help="held-out JSONL: `messages` records (--mode tokens) or `question`/`choices`/`answer` "
+                             "records (--mode choices)")
+    parser.add_argument("--mode", choices=sorted(CONFIDENCE), default="tokens", help="what confidence is calibrated")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for calibration.json, reliability.png and the manifest")
     parser.add_argument("--max-tokens", type=int, default=4096,
@@ -175,10 +249,10 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     result = calibrate(args.model, args.heldout, args.out, args.max_tokens, args.max_seq_length, args.seed,
-                       args.overwrite)
-    m = result["measured_on"]
+                       args.overwrite, args.mode)
+    m, unit = result["measured_on"], UNIT[args.mode]
     print(f"temperature {result['temperature']:.4f}: ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f}, "
-          f"NLL {m['nll_before']:.4f} -> {m['nll_after']:.4f} on {m['tokens']} held-out tokens "
+          f"NLL {m['nll_before']:.4f} -> {m['nll_after']:.4f} on {m[unit]} held-out {unit} "
           f"(written to {args.model}/calibration.json and {args.out})")
 
 
