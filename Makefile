@@ -247,19 +247,19 @@ calibrate: $(STAMP_COMPRESS) ## 2F: temperature scaling, ECE before/after [MODEL
 # where compress-report looks: the denominator of "eval recovery" then comes from the same
 # lm-eval release, the same flags and the same tasks (code or not) as the artefacts.
 REFERENCE_EVAL = $(WORK)/eval/$(notdir $(patsubst %/,%,$(COMPRESS_FROM)))
-eval-compressed: $(STAMP) $(STAMP_COMPRESS) ## Phase 2: eval suite on the reference and every compressed/ folder, for compress-report [MODEL=dir] [ALLOW_CODE_EVAL=1]
-	@[ -n "$(wildcard $(WORK)/compressed/*)" ] || { echo "error: nothing under $(WORK)/compressed/; run make compress first" >&2; exit 2; }
+COMPRESSED_ARTEFACTS = $(wildcard $(WORK)/compressed/*) $(wildcard $(WORK)/gguf/*.gguf)
+eval-compressed: $(STAMP) $(STAMP_COMPRESS) ## Phase 2: eval suite on the reference, every compressed/ folder and gguf/ file [MODEL=dir] [ALLOW_CODE_EVAL=1]
+	@[ -n "$(strip $(COMPRESSED_ARTEFACTS))" ] || { echo "error: nothing under $(WORK)/compressed/ or $(WORK)/gguf/; run make compress or make gguf first" >&2; exit 2; }
 	$(CODE_ENV) $(PY_COMPRESS) -m glue.evaluate --model $(COMPRESS_FROM) --suite $(SUITE) \
 	    --out $(REFERENCE_EVAL) $(CODE_FLAG) --overwrite
-	for model in $(wildcard $(WORK)/compressed/*); do \
+	for model in $(COMPRESSED_ARTEFACTS); do \
 	    $(CODE_ENV) $(PY_COMPRESS) -m glue.evaluate --model $$model --suite $(SUITE) --out $(WORK)/eval/$$(basename $$model) \
 	        --baseline $(REFERENCE_EVAL) $(CODE_FLAG) --overwrite; \
 	done
 
 compress-report: $(STAMP_COMPRESS) ## Phase 2: size, bits/param, perplexity, recovery of every compressed/ folder and gguf/ file (+ plot)
 	$(PY_COMPRESS) -m glue.compress_report --reference $(COMPRESS_FROM) --heldout $(DATA)/val.jsonl \
-	    --eval-dir $(WORK)/eval --out $(WORK)/compress_report --overwrite \
-	    $(wildcard $(WORK)/compressed/*) $(wildcard $(WORK)/gguf/*.gguf)
+	    --eval-dir $(WORK)/eval --out $(WORK)/compress_report --overwrite $(COMPRESSED_ARTEFACTS)
 
 GGUF_TYPES ?= Q5_K_M,Q4_K_M
 gguf: $(STAMP_COMPRESS) $(STAMP_GGUF) ## Phase 2: GGUF export + llama.cpp quantization, checked against transformers [MODEL=dir] [GGUF_TYPES=Q5_K_M,Q4_K_M]

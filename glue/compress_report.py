@@ -109,8 +109,7 @@ def markdown(rows: list[dict], heldout: Path) -> str:
         f"Perplexity: token-level, on `{heldout}` rendered with the chat template ({rows[0]['tokens']} tokens). "
         "PPL recovery = reference perplexity / artefact perplexity. Eval score: the evaluation suite's "
         "mean task score where its `summary.json` exists (\"-\": not evaluated). Bits/param: weights on disk "
-        "x 8 / the reference model's parameter count (for GGUF files: the whole file). The evaluation "
-        "suite is not run on GGUF files (lm-eval reaches them only through a llama.cpp server).",
+        "x 8 / the reference model's parameter count (for GGUF files: the whole file).",
         "",
         "| artefact | weights (MB) | bits/param | perplexity | PPL recovery % | eval score | eval recovery % |",
         "|---|---:|---:|---:|---:|---:|---:|",

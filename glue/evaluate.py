@@ -102,8 +102,10 @@ def is_unsafe(manager, name: str) -> bool:
 
 
 def check_model_dir(path: str | Path) -> Path:
-    """A folder that transformers can load as a causal LM with a tokenizer, or a clear error."""
+    """A folder that transformers can load as a causal LM with a tokenizer (or a GGUF file), or a clear error."""
     path = Path(path)
+    if path.suffix == ".gguf" and path.is_file():
+        return path
     hint = "expected a Hugging Face checkpoint folder (config.json, weights, tokenizer), e.g. a merged model"
     if not path.is_dir():
         raise UserError(f"model folder not found: {path} ({hint})")
@@ -134,8 +136,13 @@ def run_suite(model_dir: Path, suite: dict, results_dir: Path, allow_code: bool)
     from lm_eval.models.huggingface import HFLM
 
     manager = task_manager()
-    model_args = {"dtype": "auto", "batch_size": 1, **(suite.get("model") or {})}
-    lm = HFLM(pretrained=str(model_dir.resolve()), **model_args)
+    if model_dir.suffix == ".gguf":  # `make gguf`'s files: llama-cpp-python in the compression environment
+        from glue.gguf import lm_eval_model
+
+        lm = lm_eval_model(model_dir)
+    else:
+        model_args = {"dtype": "auto", "batch_size": 1, **(suite.get("model") or {})}
+        lm = HFLM(pretrained=str(model_dir.resolve()), **model_args)
     rows = []
     for entry in suite["tasks"]:
         name, gate = entry["task"], entry.get("gate") or {}
@@ -261,7 +268,8 @@ def evaluate(model: Path, suite_path: Path, out: Path, baseline: Path | None = N
 
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m glue.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="Hugging Face checkpoint folder to evaluate")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="Hugging Face checkpoint folder to evaluate, or a GGUF file (compression environment)")
     parser.add_argument("--suite", type=Path, required=True, help="eval_configs/suites/<profile>_<gate>.yml")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. work/<profile>/eval/1a")
     parser.add_argument("--baseline", type=Path, help="model folder or previous evaluation folder to compare with")

@@ -191,10 +191,78 @@ def reference_continuations(model_dir: Path, prompts: list[tuple[str, list[int]]
     return continuations, sum(p.numel() for p in model.parameters())
 
 
-def load_gguf(path: Path, n_ctx: int, threads: int):
+def load_gguf(path: Path, n_ctx: int, threads: int, logits_all: bool = True):
     from llama_cpp import Llama
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=threads, verbose=False)
+    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=threads, verbose=False)
+
+
+def lm_eval_model(path: Path, max_length: int = 8192, threads: int = 2):
+    """An lm-eval model over a GGUF file, run in-process by llama-cpp-python, so that
+    `glue.evaluate` runs a suite on GGUF files as on checkpoints. It does what lm-eval's HFLM
+    does for generative tasks: greedy `generate_until`, the chat template stored in the file
+    (rendered by llama-cpp-python's Jinja2 formatter; a prefilled assistant turn is left open, as
+    transformers' `continue_final_message` does), the prompt tokenized as `make gguf` checked it
+    (no added BOS, special tokens parsed) and cut on the left to the trained context (at most
+    `max_length`) less the tokens to generate. Tasks scored by log-likelihood are refused:
+    lm-eval's own `gguf` model does those through a llama.cpp server."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from lm_eval.api.model import LM
+    from tqdm import tqdm
+
+    path = Path(path)
+    metadata = Llama(model_path=str(path), vocab_only=True, verbose=False).metadata
+    trained = metadata.get(f"{metadata.get('general.architecture', 'llama')}.context_length")
+    max_length = min(max_length, int(trained)) if trained else max_length
+    llm = load_gguf(path, max_length, threads, logits_all=False)
+    template = llm.metadata.get("tokenizer.chat_template")
+    special = {name: llm.detokenize([token], special=True).decode(errors="replace") if token >= 0 else ""
+               for name, token in (("bos_token", llm.token_bos()), ("eos_token", llm.token_eos()))}
+
+    class LlamaCppLM(LM):
+        def __init__(self):
+            super().__init__()
+            self.formatters = {flag: Jinja2ChatFormatter(template, add_generation_prompt=flag, **special)
+                               for flag in (True, False)} if template else {}
+
+        @property
+        def tokenizer_name(self) -> str:
+            return path.name
+
+        def chat_template(self, chat_template: bool | str = False) -> str | None:
+            return template
+
+        def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
+            if not self.formatters:
+                raise UserError(f"{path}: no chat template in the GGUF metadata; set `apply_chat_template: false` "
+                                "in the suite")
+            prompt = self.formatters[add_generation_prompt](messages=chat_history).prompt
+            if add_generation_prompt:
+                return prompt
+            final = chat_history[-1]["content"].strip()  # end the prompt where the prefilled turn ends
+            return prompt[:prompt.rindex(final) + len(final)] if final in prompt else prompt
+
+        def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+            answers = []
+            for request in tqdm(requests, desc=f"generate {path.name}", disable=disable_tqdm):
+                context, gen_kwargs = request.args
+                until = gen_kwargs.get("until") or []
+                max_new = int(gen_kwargs.get("max_gen_toks", 256))
+                ids = llm.tokenize(context.encode(), add_bos=not context.startswith(special["bos_token"] or "\0"),
+                                   special=True)[-(max_length - max_new):]
+                completion = llm.create_completion(ids, max_tokens=max_new, temperature=0.0, top_k=1,
+                                                   repeat_penalty=1.0, stop=[until] if isinstance(until, str) else until)
+                answers.append(completion["choices"][0]["text"])
+            return answers
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            raise UserError(f"{path.name}: this suite has a log-likelihood task; GGUF files are evaluated on "
+                            "generative tasks only (or serve the file with llama.cpp and use lm-eval's `gguf` model)")
+
+        loglikelihood_rolling = loglikelihood
+
+    return LlamaCppLM()
 
 
 def perplexity(path: Path, token_lists: list[list[int]], threads: int = 2) -> tuple[float, int]:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from glue.compress_report import report
 from glue.gguf import KNOWN_PRE_TOKENIZERS, check_types, export, pre_tokenizer_name
 from glue.io import UserError
 
@@ -74,8 +75,6 @@ def test_existing_output_is_kept_without_overwrite(exported, tiny_model):
 
 
 def test_compress_report_scores_gguf_files_on_the_same_tokens(exported, tiny_model, tmp_path):
-    from glue.compress_report import report
-
     out, figures = exported
     rows = report(tiny_model, [out / "model-f16.gguf", out / "model-Q4_K_M.gguf"], VAL, tmp_path / "report",
                   samples=8, max_seq_length=256)
@@ -86,3 +85,36 @@ def test_compress_report_scores_gguf_files_on_the_same_tokens(exported, tiny_mod
     assert by_name["model-Q4_K_M.gguf"]["weights_bytes"] == figures["model-Q4_K_M.gguf"]["bytes"]
     assert by_name["model-Q4_K_M.gguf"]["eval_score"] is None
     assert "| model-Q4_K_M.gguf |" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_gguf_file_runs_the_eval_suite_like_its_checkpoint(exported, tiny_model, tmp_path, monkeypatch):
+    """`make eval-compressed` on a GGUF file: the same lm-eval suite, through llama-cpp-python.
+    The prompts lm-eval builds with the file's own chat template must be the checkpoint's,
+    byte for byte (prefilled assistant turns included), and the f16 file must answer like it."""
+    from glue.evaluate import SUITES_DIR, evaluate
+
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    out, _ = exported
+    suite, eval_dir = SUITES_DIR / "tiny_1a.yml", tmp_path / "eval"
+    ref = evaluate(tiny_model, suite, eval_dir / tiny_model.name)
+    f16 = evaluate(out / "model-f16.gguf", suite, eval_dir / "model-f16.gguf", baseline=eval_dir / tiny_model.name)
+    assert [r["status"] for r in f16["rows"]][:2] == ["ok", "ok"] and f16["verdict"] == "INCOMPLETE"
+    assert all(isinstance(r["score"], float) for r in f16["rows"][:2])
+
+    def samples(name, task):
+        (path,) = (eval_dir / name / "results").glob(f"samples_{task}_*.jsonl")
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    for task, docs in (("tiny_gsm8k_cot_llama", 10), ("tiny_mmlu_llama", 8)):
+        mine, theirs = samples("model-f16.gguf", task), samples(tiny_model.name, task)
+        assert len({s["doc_id"] for s in mine}) == docs
+        assert [s["arguments"] for s in mine] == [s["arguments"] for s in theirs], task
+    # Short answers (at most 10 tokens): f16 rounding rarely changes a greedy choice that soon.
+    same = [a["resps"] == b["resps"] for a, b in zip(samples("model-f16.gguf", "tiny_mmlu_llama"),
+                                                    samples(tiny_model.name, "tiny_mmlu_llama"))]
+    assert sum(same) >= 6, same
+
+    rows = report(tiny_model, [out / "model-f16.gguf"], VAL, tmp_path / "report", samples=8,
+                  max_seq_length=256, eval_dir=eval_dir)
+    assert rows[1]["eval_score"] is not None and rows[0]["eval_score"] is not None
