@@ -83,7 +83,8 @@ def build_lsh(texts: Sequence[str], params: DedupParams, workers: int, progress:
     """The LSH index of `texts`, keyed by their indices.
 
     The index is filled while the workers hash the next chunks: inserting is single-threaded
-    Python in datasketch, and overlapping it with hashing is what keeps 640K rows near 5,000 rows/s.
+    Python in datasketch, and overlapping it with hashing hides most of its time (`make bench-data`
+    prints the rate).
     """
     lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, params=(params.bands, params.rows))
     index = 0
