@@ -111,7 +111,8 @@ def llama_cpp_converter(converter_dir: Path) -> Iterator:
                 if name is None:
                     raise UserError(f"{self.dir_model}/tokenizer.json: llama.cpp's converter does not know this "
                                     "tokenizer and its pre_tokenizer is none of " + ", ".join(KNOWN_PRE_TOKENIZERS)) from None
-                LOG.warning("tokenizer fingerprint unknown to llama.cpp; its pre_tokenizer is llama.cpp's %r", name)
+                LOG.warning("the converter's warning above is handled: tokenizer.json's pre_tokenizer is llama.cpp's "
+                            "%r, used instead; the token ids are checked against the tokenizer below", name)
                 return name
 
         TextModel.get_vocab_base_pre = get_vocab_base_pre
