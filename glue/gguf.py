@@ -216,7 +216,9 @@ def lm_eval_model(path: Path, max_length: int = 8192, threads: int = 2):
     metadata = Llama(model_path=str(path), vocab_only=True, verbose=False).metadata
     trained = metadata.get(f"{metadata.get('general.architecture', 'llama')}.context_length")
     max_length = min(max_length, int(trained)) if trained else max_length
-    llm = load_gguf(path, max_length, threads, logits_all=False)
+    # One spare slot: llama-cpp-python 0.3.36 may decode one token past max_tokens when a prompt
+    # reuses the previous one's prefix, and a full context then fails ("failed to find a memory slot").
+    llm = load_gguf(path, max_length + 1, threads, logits_all=False)
     template = llm.metadata.get("tokenizer.chat_template")
     special = {name: llm.detokenize([token], special=True).decode(errors="replace") if token >= 0 else ""
                for name, token in (("bos_token", llm.token_bos()), ("eos_token", llm.token_eos()))}
