@@ -216,8 +216,9 @@ def lm_eval_model(path: Path, max_length: int = 8192, threads: int = 2):
     metadata = Llama(model_path=str(path), vocab_only=True, verbose=False).metadata
     trained = metadata.get(f"{metadata.get('general.architecture', 'llama')}.context_length")
     max_length = min(max_length, int(trained)) if trained else max_length
-    # One spare slot: llama-cpp-python 0.3.36 may decode one token past max_tokens when a prompt
-    # reuses the previous one's prefix, and a full context then fails ("failed to find a memory slot").
+    # One spare slot: on back-to-back requests that fill the whole context (the tiny gsm8k task of
+    # `make demo`), llama-cpp-python 0.3.36 failed the 9th with "failed to find a memory slot";
+    # with one more slot it does not (the cause inside llama-cpp-python was not pinned down).
     llm = load_gguf(path, max_length + 1, threads, logits_all=False)
     template = llm.metadata.get("tokenizer.chat_template")
     special = {name: llm.detokenize([token], special=True).decode(errors="replace") if token >= 0 else ""
