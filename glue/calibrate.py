@@ -54,19 +54,16 @@ def load_choice_questions(path: Path) -> list[tuple[str, list[str], int]]:
     return questions
 
 
-def choice_logits(model_dir: Path, questions: list[tuple[str, list[str], int]], max_seq_length: int):
+def choice_logits(model, tokenizer, questions: list[tuple[str, list[str], int]], max_seq_length: int):
     """The logits of the answer letters after each question (rendered with the chat template),
     and the right letters' indices: (float32 [n, choices], int64 [n])."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
     letters = LETTERS[:len(questions[0][1])]
     letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in letters]
     if any(len(ids) != 1 for ids in letter_ids):
-        raise UserError(f"{model_dir}: the tokenizer splits an answer letter into several tokens; "
+        raise UserError(f"{tokenizer.name_or_path}: the tokenizer splits an answer letter into several tokens; "
                         "use --mode tokens")
     letter_ids = [ids[0] for ids in letter_ids]
     rows, targets = [], []
@@ -82,15 +79,19 @@ def choice_logits(model_dir: Path, questions: list[tuple[str, list[str], int]], 
     return torch.stack(rows), torch.tensor(targets)
 
 
-def assistant_logits(model_dir: Path, conversations: list[list[dict]], max_tokens: int, max_seq_length: int):
+def load_model(model_dir: Path):
+    """(model, tokenizer) of a checkpoint folder, loaded once for both halves of the held-out set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
+def assistant_logits(model, tokenizer, conversations: list[list[dict]], max_tokens: int, max_seq_length: int):
     """Logits predicting each token of each conversation's last assistant turn, and the
     reference tokens: (float32 [n, vocab], int64 [n]), at most `max_tokens` rows."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
     rows, targets, kept = [], [], 0
     for messages in tqdm(conversations, desc="scoring held-out records", unit="record"):
         if kept >= max_tokens:
@@ -191,10 +192,12 @@ def calibrate(model_dir: Path, heldout: Path, out: Path, max_tokens: int = 4096,
     random.Random(seed).shuffle(records)
     half = len(records) // 2
 
+    model, tokenizer = load_model(model_dir)
+
     def score(part):
         if mode == "tokens":
-            return assistant_logits(model_dir, part, max_tokens, max_seq_length)
-        return choice_logits(model_dir, part, max_seq_length)
+            return assistant_logits(model, tokenizer, part, max_tokens, max_seq_length)
+        return choice_logits(model, tokenizer, part, max_seq_length)
 
     (fit_logits, fit_targets), (test_logits, test_targets) = score(records[:half]), score(records[half:])
     temperature = fit_temperature(fit_logits, fit_targets)

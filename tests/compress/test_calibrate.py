@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from glue.calibrate import calibrate, choice_logits, confidence_stats, fit_temperature, load_choice_questions
+from glue.calibrate import (calibrate, choice_logits, confidence_stats, fit_temperature, load_choice_questions,
+                            load_model)
 from glue.io import UserError
 
 from conftest import ROOT, SFT_DIR
@@ -53,7 +54,7 @@ def test_calibrate_writes_temperature_beside_the_model(compressed, tmp_path):
 def test_choices_mode_scores_answer_letters_and_keeps_the_tokens_fit(compressed, tmp_path):
     model, _ = compressed["w4a16_gptq"]
     questions = load_choice_questions(MMLU)
-    logits, targets = choice_logits(model, questions, max_seq_length=256)
+    logits, targets = choice_logits(*load_model(model), questions, max_seq_length=256)
     assert logits.shape == (len(questions), 4) and targets.tolist() == [q[2] for q in questions]
     assert torch.isfinite(logits).all()
 
