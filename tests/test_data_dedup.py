@@ -4,7 +4,7 @@ import random
 
 from datasketch import LeanMinHash
 
-from glue.dedup import SCHEME, DedupParams, _signature_chunk, build_lsh, candidates, deduplicate, jaccard, shingles
+from glue.dedup import SCHEME, DedupParams, build_lsh, candidates, deduplicate, jaccard, shingle_hashes, shingles, signatures
 
 PARAMS = DedupParams()
 
@@ -70,6 +70,17 @@ def test_candidates_are_what_lsh_query_returns():
     lsh = build_lsh(texts, PARAMS, workers=1, progress=False)
     neighbours = candidates(lsh)
     assert len(neighbours) >= 2 * 11, "every planted pair shares a bucket"
-    for i, hashvalues in enumerate(_signature_chunk((texts, PARAMS))):
+    for i, hashvalues in enumerate(signatures(texts, PARAMS)):
         query = lsh.query(LeanMinHash(seed=PARAMS.seed, hashvalues=hashvalues, scheme=SCHEME))
         assert set(query) == neighbours.get(i, {i}), i
+
+
+def test_one_hash_per_shingle_so_minhash_estimates_the_shingle_jaccard():
+    texts, planted = corpus()
+    for text in texts + ["Überall ÜBERALL straße, 3 words", "two words", ""]:
+        assert len(set(shingle_hashes(text, 3))) == len(shingles(text, 3)), text
+    copy, original = next(iter(planted.items()))
+    a, b = texts[original], texts[copy]
+    estimate = (signatures([a], PARAMS)[0] == signatures([b], PARAMS)[0]).mean()
+    assert abs(estimate - jaccard(shingles(a, 3), shingles(b, 3))) < 0.15
+    assert (signatures([texts[1]], PARAMS) == signatures([texts[1].upper().replace(" ", "  ")], PARAMS)).all()

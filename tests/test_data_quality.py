@@ -42,10 +42,22 @@ def test_english_filter(language):
         assert row["english_p"] < 0.2 and not is_english(row, 0.2, 0.15), foreign
 
 
+def test_shouted_english_is_judged_as_english(language):
+    # raw fastText gives this text P(en)=0.16 (German first): capitals are lower-cased before judging
+    row = feats(chat("WHAT IS THE WATER CYCLE?", ENGLISH.upper()), language)
+    assert row["english_p"] > 0.9
+
+
 def test_english_filter_tolerates_code_and_formulas(language):
     for messages in (chat("Square plus three times x in Python.", CODE), chat("Solve for y.", MATH)):
         row = feats(messages, language)
         assert is_english(row, 0.2, 0.15)
+
+
+def test_prose_keeps_lines_mostly_of_letters_in_any_script():
+    text = prose("Photosynthèse: les plantes vertes utilisent la lumière.\nx = 3.14 * r ** 2 / 7\n"
+                 "光合作用是植物利用光能的过程。\n|---|---|\nThe end.")
+    assert text == "Photosynthèse: les plantes vertes utilisent la lumière. 光合作用是植物利用光能的过程。 The end."
 
 
 def test_backends_are_deterministic(language):
