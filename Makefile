@@ -143,8 +143,8 @@ data: $(STAMP) $(BASE_DEPS) ## Phase 0: curate the seven sources into work/<prof
 $(DATA)/train.jsonl:
 	$(MAKE) data
 
-bench-data: $(STAMP) $(TINY_BASE)/config.json ## benchmark: scoring, language ID and dedup rows/s on a synthetic corpus [BENCH_ROWS=n]
-	$(PY) -m glue.bench_data --rows $(BENCH_ROWS) --tokenizer $(TINY_BASE)
+bench-data: $(STAMP) $(TINY_BASE)/config.json ## benchmark: scoring, language ID and dedup rows/s on a synthetic corpus [BENCH_ROWS=n] [WHOLE_STAGE=1: time all of make data]
+	$(PY) -m glue.bench_data --rows $(BENCH_ROWS) --tokenizer $(TINY_BASE) $(if $(filter 1,$(WHOLE_STAGE)),--whole-stage)
 
 # ---- Phase 1A ------------------------------------------------------------------------------
 train-1a: $(BASE_DEPS) $(DATA)/train.jsonl ## Phase 1A: LoRA SFT of the base model (axolotl preprocess + train)

@@ -19,11 +19,18 @@ import json
 import math
 import os
 import random
+import tempfile
 import time
+from pathlib import Path
 
+import yaml
+
+from glue.curate import CONFIG as CURATE_CONFIG
+from glue.curate import curate
 from glue.dedup import DedupParams, deduplicate, jaccard, shingles
-from glue.io import run_cli
+from glue.io import load_yaml, run_cli
 from glue.quality import COMMON_ENGLISH, LanguageId, compute_features, prose
+from glue.render import load_profile
 
 BANDS = ((0.70, 0.80), (0.80, 0.85), (0.85, 0.90), (0.90, 0.95), (0.95, 1.01))
 CODE = "```python\ndef total(items):\n    return sum(item.price * item.count for item in items)\n```"
@@ -67,6 +74,49 @@ def synthetic_corpus(rows: int, dup_share: float, seed: int) -> tuple[list[str],
     return texts, pairs
 
 
+# The seeds' selection (675K rows scored): rows per source, and how a (prompt, answer) pair is
+# written in that source's own schema, so the whole stage reads what it reads in production.
+SOURCE_MIX = {"openorca": 350, "alpaca_gpt4": 37, "wizardlm": 134, "dolly": 8, "metamathqa": 80,
+              "codealpaca": 6, "anthropic_hh": 60}
+SCHEMA_WRITERS = {
+    "openorca": lambda q, a: {"system_prompt": "You are a helpful assistant.", "question": q, "response": a},
+    "alpaca": lambda q, a: {"instruction": q, "input": "", "output": a},
+    "sharegpt": lambda q, a: {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
+    "dolly": lambda q, a: {"instruction": q, "context": "", "response": a, "category": "open_qa"},
+    "metamath": lambda q, a: {"query": q, "response": a, "type": "MATH_AnsAug"},
+    "hh_dialogue": lambda q, a: {"chosen": f"\n\nHuman: {q}\n\nAssistant: {a}"},
+}
+
+
+def whole_stage(rows: int, tokenizer: str, workers: int, seed: int, folder: Path) -> dict:
+    """`make data` itself (the real profile's thresholds and sequence_len, the bench's tokenizer)
+    on the synthetic corpus written as the seven sources' files, timed from start to the renamed
+    output folder."""
+    texts, _ = synthetic_corpus(rows, 0.10, seed)
+    random.Random(seed).shuffle(texts)  # the planted near-copies land in every source
+    config = load_yaml(CURATE_CONFIG)
+    config["profiles"]["real"] = {"load": "fixture", "fixture_dir": str(folder / "sources"),
+                                  "val_fraction": 0.02, "workers": workers}
+    (folder / "sources").mkdir(parents=True)
+    total = sum(SOURCE_MIX.values())
+    bounds = list(itertools.accumulate(round(rows * n / total) for n in SOURCE_MIX.values()))
+    start = 0
+    for (name, _), stop in zip(SOURCE_MIX.items(), bounds[:-1] + [rows]):
+        write = SCHEMA_WRITERS[config["sources"][name]["adapter"]]
+        with open(folder / "sources" / f"{name}.jsonl", "w") as f:
+            for i in range(start, stop):
+                f.write(json.dumps(write(f"Explain point {i} of the following notes.", texts[i])) + "\n")
+        start = stop
+    with open(folder / "sources.yml", "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    tick = time.time()
+    figures = curate("real", folder / "data", folder / "sources.yml", tokenizer=tokenizer, progress=True)
+    seconds = time.time() - tick
+    return {"rows": rows, "workers": workers, "kept": figures["rows_kept"], "rejected": figures["rejected"],
+            "seconds_by_step": figures["seconds"], "seconds_total": round(seconds, 1),
+            "rows_per_s": _rate(rows, seconds), "extrapolated_640k_minutes": round(640_000 / rows * seconds / 60, 1)}
+
+
 def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else float("inf")
 
@@ -80,7 +130,7 @@ def bench(rows: int, tokenizer: str, workers: int, seed: int, langdetect_rows: i
                 for t in texts]
     language = {"backend": "fasttext", "max_chars": 2000, "min_prose_chars": 40}
     tick = time.time()
-    compute_features(messages, tokenizer, language, workers)
+    compute_features(messages, tokenizer, language, int(load_profile("real")["sequence_len"]), workers)
     results["score_rows_per_s"] = _rate(len(texts), time.time() - tick)
 
     # The part of scoring no Python change can speed up: the profile's tokenizer on the chat template.
@@ -137,8 +187,14 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--langdetect-rows", type=int, default=2000, help="rows timed with the slow langdetect backend")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whole-stage", action="store_true",
+                        help="instead: run the whole curate stage on --rows synthetic rows in the seven sources' files")
     args = parser.parse_args(argv)
-    results = bench(args.rows, args.tokenizer, args.workers, args.seed, args.langdetect_rows)
+    if args.whole_stage:
+        with tempfile.TemporaryDirectory(prefix="bench-data-") as folder:
+            results = whole_stage(args.rows, args.tokenizer, args.workers, args.seed, Path(folder))
+    else:
+        results = bench(args.rows, args.tokenizer, args.workers, args.seed, args.langdetect_rows)
     for key, value in results.items():
         print(f"{key:46s} {json.dumps(value)}")
 

@@ -1,8 +1,9 @@
 """Phase 0: curate the instruction set from the seven public sources (`make data`).
 
-load (glue.sources) -> features and score (glue.quality) -> English filter -> drop rows
-longer than the profile's sequence_len -> score threshold and per-source cap (`filter` tier) -> near-duplicate removal across
-all sources at once (glue.dedup) -> domain tags -> train/validation split -> write.
+load (glue.sources) -> token counts, then features and score of the rows that fit the profile's
+sequence_len (glue.quality) -> drop over-long rows -> English filter -> score threshold and
+per-source cap (`filter` tier) -> near-duplicate removal across all sources at once (glue.dedup)
+-> domain tags -> train/validation split -> write.
 
 Everything is decided by templates/data/sources.yml and the profile. The output folder
 (curated.jsonl, train.jsonl, val.jsonl, rejects.jsonl, report/, manifest.json) is written
@@ -31,7 +32,7 @@ from glue.sources import load_source
 
 CONFIG = ROOT / "templates" / "data" / "sources.yml"
 DOMAINS = ("code", "math", "reasoning", "science", "conversation", "creative")
-STEPS = ("load", "not_english", "too_long", "low_score", "not_selected", "duplicate")
+STEPS = ("load", "too_long", "not_english", "low_score", "not_selected", "duplicate")
 
 
 def load_config(path: Path, profile_name: str) -> dict:
@@ -135,9 +136,10 @@ def curate(profile_name: str, out: Path, config_path: Path = CONFIG, tokenizer: 
     timings["load"] = time.time() - tick
 
     tick = time.time()
-    feats = compute_features([r["messages"] for r in records], tokenizer, language, workers, progress)
+    feats = compute_features([r["messages"] for r in records], tokenizer, language, max_tokens, workers, progress)
     for record, feat in zip(records, feats):
-        record.update(features=feat, score=score(feat, scoring["weights"], min_tokens, max_tokens))
+        record.update(features=feat, score=score(feat, scoring["weights"], min_tokens, max_tokens)
+                      if feat["tokens"] <= max_tokens else None)
     timings["score"] = time.time() - tick
 
     def drop(record: dict, step: str, reason: str, **extra) -> None:
@@ -149,10 +151,10 @@ def curate(profile_name: str, out: Path, config_path: Path = CONFIG, tokenizer: 
     kept = []
     for record in records:
         feat, spec = record["features"], config["sources"][record["source"]]
-        if not is_english(feat, language["min_probability"], language["min_common_share"]):
-            drop(record, "not_english", f"P(en)={feat['english_p']}, common-word share={feat['common_share']}")
-        elif feat["tokens"] > max_tokens:
+        if feat["tokens"] > max_tokens:
             drop(record, "too_long", f"{feat['tokens']} tokens > sequence_len {max_tokens}")
+        elif not is_english(feat, language["min_probability"], language["min_common_share"]):
+            drop(record, "not_english", f"P(en)={feat['english_p']}, common-word share={feat['common_share']}")
         elif spec["tier"] == "filter" and record["score"] < scoring["threshold"]:
             drop(record, "low_score", f"score {record['score']} < {scoring['threshold']}")
         else:

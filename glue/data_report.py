@@ -41,7 +41,7 @@ def _histogram(path: Path, series: dict[str, list[float]], title: str, xlabel: s
 def write_report(folder: Path, curated: list[dict], rejects: list[dict], duplicates: list[dict],
                  figures: dict, parameters: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    scored = [r for r in rejects if "score" in r] + curated
+    scored = [r for r in rejects if r.get("score") is not None] + curated  # over-long rows are not scored
     by_tier: dict[str, list[float]] = {}
     for record in scored:
         tier = parameters["sources"][record["source"]]["tier"]

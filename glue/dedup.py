@@ -73,7 +73,7 @@ def shingle_hashes(text: str, n: int) -> list[int]:
     found = words(text)
     if len(found) < n:
         return [xxhash.xxh32_intdigest(" ".join(found).encode())]
-    word_hashes = np.fromiter(map(xxhash.xxh32_intdigest, map(str.encode, found)), dtype=np.uint32, count=len(found))
+    word_hashes = np.fromiter(map(xxhash.xxh32_intdigest, map(str.encode, found)), np.uint32, len(found))
     count = len(found) - n + 1
     combined = word_hashes[:count].copy()
     for i in range(1, n):
@@ -86,9 +86,6 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-_TEXTS: list[Sequence[str]] = []  # what forked workers inherit instead of receiving it by pipe
-
-
 def signatures(texts: Sequence[str], params: DedupParams) -> np.ndarray:
     """The MinHash hash values of `texts`, one row each."""
     minhashes = MinHash.bulk((shingle_hashes(t, params.ngram) for t in texts), num_perm=params.num_perm,
@@ -96,23 +93,26 @@ def signatures(texts: Sequence[str], params: DedupParams) -> np.ndarray:
     return np.stack([m.hashvalues for m in minhashes])
 
 
-def _signature_span(span_and_params: tuple[int, int, DedupParams]) -> np.ndarray:
-    start, stop, params = span_and_params
-    return signatures(_TEXTS[0][start:stop], params)
+_WORKER: dict = {}
+
+
+def _init_worker(texts: Sequence[str], params: DedupParams) -> None:
+    _WORKER.update(texts=texts, params=params)
+
+
+def _worker_span(span: tuple[int, int]) -> np.ndarray:
+    return signatures(_WORKER["texts"][span[0]:span[1]], _WORKER["params"])
 
 
 def _signature_parts(texts: Sequence[str], params: DedupParams, workers: int) -> Iterator[np.ndarray]:
     """MinHash hash values of `texts` in order, CHUNK rows at a time, computed on `workers` processes."""
-    spans = ((i, min(i + CHUNK, len(texts)), params) for i in range(0, len(texts), CHUNK))
-    if workers > 1 and len(texts) > CHUNK:
-        _TEXTS[:] = [texts]
-        try:
-            with get_context("fork").Pool(workers) as pool:
-                yield from pool.imap(_signature_span, spans)
-        finally:
-            _TEXTS.clear()
+    spans = [(i, min(i + CHUNK, len(texts))) for i in range(0, len(texts), CHUNK)]
+    if workers > 1 and len(spans) > 1:
+        # Forked workers inherit the texts: only (start, stop) pairs and signatures cross the pipe.
+        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(texts, params)) as pool:
+            yield from pool.imap(_worker_span, spans)
     else:
-        yield from (signatures(texts[start:stop], params) for start, stop, _ in spans)
+        yield from (signatures(texts[start:stop], params) for start, stop in spans)
 
 
 def build_lsh(texts: Sequence[str], params: DedupParams, workers: int, progress: bool = True) -> MinHashLSH:

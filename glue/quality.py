@@ -52,7 +52,7 @@ most people my over know water than call first who may down side been now find a
 """.split())
 
 
-def letter_runs(text: str) -> list[str]:
+def _letter_runs(text: str) -> list[str]:
     return (ASCII_WORD if text.isascii() else WORD).findall(text)
 
 
@@ -137,7 +137,7 @@ def features(messages: list[dict], n_tokens: int, language: LanguageId, min_pros
     prompts = [m["content"] for m in messages if m["role"] == "user"]
 
     text = prose(everything)
-    words = letter_runs(text.lower())
+    words = _letter_runs(text.lower())
     judged = len(text) >= min_prose_chars
     english_p = language.english(text) if judged else 1.0
     common = sum(map(COMMON_ENGLISH.__contains__, words)) / len(words) if words else 0.0
@@ -194,41 +194,45 @@ def check_weights(weights: dict, where: str) -> dict:
     return weights
 
 
-def batch_features(batch: list[list[dict]], tokenizer, language: LanguageId, min_prose_chars: int) -> list[dict]:
+def batch_features(batch: list[list[dict]], tokenizer, language: LanguageId, min_prose_chars: int,
+                   max_tokens: int) -> list[dict]:
     """Features of many rows; length counts the tokens of the training sequence the profile's
-    chat template makes of the row (special tokens included)."""
+    chat template makes of the row (special tokens included). A row over `max_tokens` cannot be
+    trained on: it gets its token count only, and no time is spent judging it."""
     texts = [tokenizer.apply_chat_template(messages, tokenize=False) for messages in batch]
     # Only the count is needed: the Rust tokenizer's batch call without offsets, not the Python
     # wrapper that builds them (a third of the tokenizing time).
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-    return [features(m, len(e.ids), language, min_prose_chars) for m, e in zip(batch, encodings)]
+    counts = [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    return [features(m, n, language, min_prose_chars) if n <= max_tokens else {"tokens": n}
+            for m, n in zip(batch, counts)]
 
 
 _WORKER: dict = {}
 
 
 def _init_worker(rows: list[list[dict]], tokenizer_path: str, backend: str, max_chars: int,
-                 min_prose_chars: int, in_pool: bool) -> None:
+                 min_prose_chars: int, max_tokens: int, in_pool: bool) -> None:
     from transformers import AutoTokenizer
 
     if in_pool:  # one tokenizer thread per worker process: two layers of parallelism fight for the cores
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     _WORKER.update(rows=rows, tokenizer=AutoTokenizer.from_pretrained(tokenizer_path),
-                   language=LanguageId(backend, max_chars), min_prose_chars=min_prose_chars)
+                   language=LanguageId(backend, max_chars), min_prose_chars=min_prose_chars, max_tokens=max_tokens)
 
 
 def _worker_span(span: tuple[int, int]) -> list[dict]:
     return batch_features(_WORKER["rows"][span[0]:span[1]], _WORKER["tokenizer"], _WORKER["language"],
-                          _WORKER["min_prose_chars"])
+                          _WORKER["min_prose_chars"], _WORKER["max_tokens"])
 
 
-def compute_features(rows: list[list[dict]], tokenizer_path: str, language: dict, workers: int,
+def compute_features(rows: list[list[dict]], tokenizer_path: str, language: dict, max_tokens: int, workers: int,
                      progress: bool = True, chunk: int = 500) -> list[dict]:
     """Features of every row (a list of messages), in order, on `workers` processes."""
     import transformers  # noqa: F401  (imported once here, inherited by forked workers: ~8 s per import)
 
-    init = (rows, str(tokenizer_path), language["backend"], language["max_chars"], language["min_prose_chars"])
+    init = (rows, str(tokenizer_path), language["backend"], language["max_chars"], language["min_prose_chars"],
+            max_tokens)
     spans = [(i, min(i + chunk, len(rows))) for i in range(0, len(rows), chunk)]
     out: list[dict] = []
     bar = tqdm(total=len(rows), desc="score", unit="row", disable=not progress)

@@ -101,8 +101,11 @@ def test_length_is_counted_in_the_profile_tokenizer_with_the_chat_template(tiny_
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     rows = [chat("Hi.", "Hello."), chat("Describe the water cycle.", ENGLISH)]
-    got = batch_features(rows, tokenizer, LanguageId("fasttext", 2000), 40)
+    got = batch_features(rows, tokenizer, LanguageId("fasttext", 2000), 40, max_tokens=2048)
     # the training sequence Axolotl builds: the chat template, tokenized with its special tokens
     expected = [len(tokenizer.apply_chat_template(r)["input_ids"]) for r in rows]
     assert [g["tokens"] for g in got] == expected
     assert got[0]["tokens"] < got[1]["tokens"]
+    # a row that cannot be trained on is counted and not judged
+    short, long = batch_features(rows, tokenizer, LanguageId("fasttext", 2000), 40, max_tokens=expected[0])
+    assert short["english_p"] >= 0 and long == {"tokens": expected[1]}
