@@ -175,8 +175,6 @@ def bench(rows: int, tokenizer: str, workers: int, seed: int, langdetect_rows: i
     results["precision_removed"] = round(removed_true / len(result.removed), 4) if result.removed else None
     results["precision_lsh_candidates"] = (round(len(result.removed) / result.candidate_pairs, 4)
                                            if result.candidate_pairs else None)
-    per_row = 1 / results["score_rows_per_s"] + 1 / results["dedup_rows_per_s"]
-    results["extrapolated_640k_minutes_score_plus_dedup"] = round(640_000 * per_row / 60, 1)
     return results
 
 
