@@ -114,7 +114,7 @@ def whole_stage(rows: int, tokenizer: str, workers: int, seed: int, folder: Path
     seconds = time.time() - tick
     return {"rows": rows, "workers": workers, "kept": figures["rows_kept"], "rejected": figures["rejected"],
             "seconds_by_step": figures["seconds"], "seconds_total": round(seconds, 1),
-            "rows_per_s": _rate(rows, seconds), "extrapolated_640k_minutes": round(640_000 / rows * seconds / 60, 1)}
+            "rows_per_s": _rate(rows, seconds)}
 
 
 def _rate(n: int, seconds: float) -> float:
