@@ -5,7 +5,8 @@ content words, some code blocks and formulas) with log-normal lengths (mean ~3,0
 like instruction data), and a known share of planted near-duplicate pairs made by replacing
 words of a row until the pair's exact Jaccard (3-word shingles) falls in a target band.
 
-Prints rows/s for scoring (tokenizer + features), the tokenizer alone, language identification
+Prints rows/s for scoring (tokenizer + features; as in the stage, rows over the real profile's
+sequence_len are counted and not judged), the tokenizer alone, language identification
 (each backend) and dedup (MinHash on all workers + LSH + exact verification), and dedup recall against exact
 Jaccard on the planted pairs, by Jaccard band, and the precision of LSH candidates before and
 of removals after exact verification.
