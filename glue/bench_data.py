@@ -6,10 +6,13 @@ like instruction data), and a known share of planted near-duplicate pairs made b
 words of a row until the pair's exact Jaccard (3-word shingles) falls in a target band.
 
 Prints rows/s for scoring (tokenizer + features; as in the stage, rows over the real profile's
-sequence_len are counted and not judged), the tokenizer alone, language identification
-(each backend) and dedup (MinHash on all workers + LSH + exact verification), and dedup recall against exact
-Jaccard on the planted pairs, by Jaccard band, and the precision of LSH candidates before and
-of removals after exact verification.
+sequence_len are counted and not judged), the tokenizer alone, language identification (each
+backend) and dedup (MinHash on all workers + LSH + exact verification), and dedup recall
+against exact Jaccard on the planted pairs, by Jaccard band, and the precision of LSH
+candidates before and of removals after exact verification.
+
+With --whole-stage it runs all of `make data` instead, on the corpus written as the seven
+sources' files, and prints the stage's own counts and seconds per step.
 """
 
 from __future__ import annotations
