@@ -22,13 +22,14 @@ import gc
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Iterator, Sequence
 
 import numpy as np
 import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from tqdm import tqdm
+
+from glue.parallel import forked_map
 
 WORD = re.compile(r"\w+")
 ASCII_WORD = re.compile(r"\w+", re.ASCII)  # the same on ASCII text, where re runs it faster
@@ -109,12 +110,7 @@ def _worker_span(span: tuple[int, int]) -> np.ndarray:
 def _signature_parts(texts: Sequence[str], params: DedupParams, workers: int) -> Iterator[np.ndarray]:
     """MinHash hash values of `texts` in order, CHUNK rows at a time, computed on `workers` processes."""
     spans = [(i, min(i + CHUNK, len(texts))) for i in range(0, len(texts), CHUNK)]
-    if workers > 1 and len(spans) > 1:
-        # Forked workers inherit the texts: only (start, stop) pairs and signatures cross the pipe.
-        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(texts, params)) as pool:
-            yield from pool.imap(_worker_span, spans)
-    else:
-        yield from (signatures(texts[start:stop], params) for start, stop in spans)
+    yield from forked_map(_worker_span, spans, workers, _init_worker, (texts, params))
 
 
 def build_lsh(texts: Sequence[str], params: DedupParams, workers: int, progress: bool = True) -> MinHashLSH:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import os
 import re
-from multiprocessing import get_context
+from multiprocessing import parent_process
 
 from tqdm import tqdm
 
 from glue.io import UserError
+from glue.parallel import forked_map
 
 FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -211,10 +212,10 @@ _WORKER: dict = {}
 
 
 def _init_worker(rows: list[list[dict]], tokenizer_path: str, backend: str, max_chars: int,
-                 min_prose_chars: int, max_tokens: int, in_pool: bool) -> None:
+                 min_prose_chars: int, max_tokens: int) -> None:
     from transformers import AutoTokenizer
 
-    if in_pool:  # one tokenizer thread per worker process: two layers of parallelism fight for the cores
+    if parent_process() is not None:  # one tokenizer thread per worker: two layers of parallelism fight
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     _WORKER.update(rows=rows, tokenizer=AutoTokenizer.from_pretrained(tokenizer_path),
@@ -236,16 +237,8 @@ def compute_features(rows: list[list[dict]], tokenizer_path: str, language: dict
     spans = [(i, min(i + chunk, len(rows))) for i in range(0, len(rows), chunk)]
     out: list[dict] = []
     bar = tqdm(total=len(rows), desc="score", unit="row", disable=not progress)
-    if workers > 1 and len(spans) > 1:
-        # Forked workers inherit the rows: only (start, stop) pairs and features cross the pipe.
-        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(*init, True)) as pool:
-            for part in pool.imap(_worker_span, spans):
-                out.extend(part)
-                bar.update(len(part))
-    else:
-        _init_worker(*init, False)
-        for span in spans:
-            out.extend(_worker_span(span))
-            bar.update(span[1] - span[0])
+    for part in forked_map(_worker_span, spans, workers, _init_worker, init):
+        out.extend(part)
+        bar.update(len(part))
     bar.close()
     return out
