@@ -121,15 +121,15 @@ setup-gpu: $(STAMP) ## GPU hosts only: add flash-attn and deepspeed to the train
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 render: $(STAMP) ## render templates/ into axolotl_configs/<profile>/ (all profiles)
-	$(PY) -m glue.render
+	$(PY) -m glue.train.render
 
 check-render: $(STAMP) ## fail if axolotl_configs/ differs from a fresh render
-	$(PY) -m glue.render --check
+	$(PY) -m glue.train.render --check
 
 tiny-model: $(TINY_BASE)/config.json ## build the tiny profile's base model (random Llama, offline tokenizer)
 
 $(TINY_BASE)/config.json: | $(STAMP)
-	$(PY) -m glue.tiny_model --out $(TINY_BASE) --corpus tests/fixtures/sft/train.jsonl
+	$(PY) -m glue.train.tiny_model --out $(TINY_BASE) --corpus tests/fixtures/sft/train.jsonl
 
 # The tiny profile's base model is built on demand; the real one comes from the hub.
 BASE_DEPS := $(if $(filter tiny,$(PROFILE)),$(TINY_BASE)/config.json)
@@ -138,13 +138,13 @@ BASE_DEPS := $(if $(filter tiny,$(PROFILE)),$(TINY_BASE)/config.json)
 BENCH_ROWS ?= 20000
 
 data: $(STAMP) $(BASE_DEPS) ## Phase 0: curate the seven sources into work/<profile>/data (train/val, rejects, report)
-	$(PY) -m glue.curate --profile $(PROFILE) --out $(DATA) $(if $(filter 1,$(OVERWRITE)),--overwrite)
+	$(PY) -m glue.data.curate --profile $(PROFILE) --out $(DATA) $(if $(filter 1,$(OVERWRITE)),--overwrite)
 
 $(DATA)/train.jsonl:
 	$(MAKE) data
 
 bench-data: $(STAMP) $(TINY_BASE)/config.json ## benchmark: scoring, language ID and dedup rows/s on a synthetic corpus [BENCH_ROWS=n] [WHOLE_STAGE=1: time all of make data]
-	$(PY) -m glue.bench_data --rows $(BENCH_ROWS) --tokenizer $(TINY_BASE) $(if $(filter 1,$(WHOLE_STAGE)),--whole-stage)
+	$(PY) -m glue.data.bench --rows $(BENCH_ROWS) --tokenizer $(TINY_BASE) $(if $(filter 1,$(WHOLE_STAGE)),--whole-stage)
 
 # ---- Phase 1A ------------------------------------------------------------------------------
 train-1a: $(BASE_DEPS) $(DATA)/train.jsonl ## Phase 1A: LoRA SFT of the base model (axolotl preprocess + train)
@@ -155,18 +155,18 @@ merge-1a: ## Phase 1A: guarded merge of the adapter into the full-precision base
 
 train: $(STAMP) ## train any config: make train CONFIG=axolotl_configs/experiments/x.yml [RUN=dir]
 	@[ -n "$(CONFIG)" ] || { echo "error: set CONFIG=<axolotl config>, e.g. make train CONFIG=$(CONFIG_1A)" >&2; exit 2; }
-	$(PY) -m glue.validate_config --for-training $(CONFIG) $(if $(RUN),--output-dir $(RUN)) $(if $(filter 1,$(OVERWRITE)),--overwrite)
+	$(PY) -m glue.train.validate_config --for-training $(CONFIG) $(if $(RUN),--output-dir $(RUN)) $(if $(filter 1,$(OVERWRITE)),--overwrite)
 	axolotl preprocess $(CONFIG) $(if $(RUN),--output-dir=$(RUN))
 	axolotl train $(CONFIG) $(if $(RUN),--output-dir=$(RUN))
 
 merge: $(STAMP) ## merge any trained config: make merge CONFIG=... [RUN=dir] [ALLOW_QLORA_MERGE=1]
 	@[ -n "$(CONFIG)" ] || { echo "error: set CONFIG=<axolotl config>, e.g. make merge CONFIG=$(CONFIG_1A)" >&2; exit 2; }
-	$(PY) -m glue.merge $(CONFIG) $(if $(RUN),--run $(RUN)) $(if $(filter 1,$(OVERWRITE)),--overwrite) \
+	$(PY) -m glue.train.merge $(CONFIG) $(if $(RUN),--run $(RUN)) $(if $(filter 1,$(OVERWRITE)),--overwrite) \
 		$(if $(filter 1,$(ALLOW_QLORA_MERGE)),--allow-qlora-merge)
 
 new-experiment: $(STAMP) ## copy a config to axolotl_configs/experiments/NAME.yml: make new-experiment FROM=... NAME=...
 	@[ -n "$(FROM)" ] && [ -n "$(NAME)" ] || { echo "error: usage: make new-experiment FROM=<config> NAME=<name>" >&2; exit 2; }
-	$(PY) -m glue.new_experiment $(FROM) $(NAME)
+	$(PY) -m glue.train.new_experiment $(FROM) $(NAME)
 
 # ---- evaluation and Phase 1B ------------------------------------------------------------
 MODEL ?=
@@ -182,16 +182,16 @@ CODE_FLAG := $(if $(filter 1,$(ALLOW_CODE_EVAL)),--allow-code-exec)
 EVAL_FLAGS = $(if $(BASELINE),--baseline $(BASELINE)) $(CODE_FLAG) $(if $(filter 1,$(STRICT)),--strict) --overwrite
 
 eval-1a: $(STAMP) ## benchmark gate on the merged 1A model [BASELINE=dir] [ALLOW_CODE_EVAL=1] [STRICT=1]
-	$(CODE_ENV) $(PY) -m glue.evaluate --model $(MERGED_1A) --suite $(SUITE) --out $(WORK)/eval/1a $(EVAL_FLAGS)
+	$(CODE_ENV) $(PY) -m glue.eval.evaluate --model $(MERGED_1A) --suite $(SUITE) --out $(WORK)/eval/1a $(EVAL_FLAGS)
 
 eval: $(STAMP) ## benchmark any model: make eval MODEL=dir [NAME=name] [BASELINE=dir] [SUITE=file]
 	@[ -n "$(MODEL)" ] || { echo "error: set MODEL=<model folder>, e.g. make eval MODEL=$(MERGED_1A)" >&2; exit 2; }
-	$(CODE_ENV) $(PY) -m glue.evaluate --model $(MODEL) --suite $(SUITE) --out $(WORK)/eval/$(NAME) $(EVAL_FLAGS)
+	$(CODE_ENV) $(PY) -m glue.eval.evaluate --model $(MODEL) --suite $(SUITE) --out $(WORK)/eval/$(NAME) $(EVAL_FLAGS)
 
 failures-1b: $(STAMP) ## Phase 1B: judge the 1A model on held-out prompts, cluster and label its failures
-	$(CODE_ENV) $(PY) -m glue.failures --model $(or $(MODEL),$(MERGED_1A)) --profile $(PROFILE) \
+	$(CODE_ENV) $(PY) -m glue.eval.failures --model $(or $(MODEL),$(MERGED_1A)) --profile $(PROFILE) \
 	    --out $(WORK)/1b_failures $(if $(PROMPTS),--prompts $(PROMPTS)) $(CODE_FLAG) --overwrite
-	$(PY) -m glue.cluster --failures $(WORK)/1b_failures/failures.jsonl --profile $(PROFILE) \
+	$(PY) -m glue.eval.cluster --failures $(WORK)/1b_failures/failures.jsonl --profile $(PROFILE) \
 	    --out $(WORK)/1b_clusters --overwrite
 
 # ---- Phase 1C ------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ BUDGET_USD ?=
 MODE ?=
 
 distill-1c: $(STAMP) ## Phase 1C: teacher examples for the 1B clusters [ESTIMATE_ONLY=1] [BUDGET_USD=n] [MODE=self-consistency]
-	$(PY) -m glue.distill --profile $(PROFILE) --clusters $(WORK)/1b_clusters --curated $(DATA)/train.jsonl \
+	$(PY) -m glue.distill.build --profile $(PROFILE) --clusters $(WORK)/1b_clusters --curated $(DATA)/train.jsonl \
 	    --out $(WORK)/1c_distill_data $(if $(filter 1,$(ESTIMATE_ONLY)),--estimate-only) \
 	    $(if $(BUDGET_USD),--budget-usd $(BUDGET_USD)) $(if $(MODE),--mode $(MODE))
 
@@ -211,11 +211,11 @@ merge-1c: ## Phase 1C: guarded merge of the 1C adapter, with proof
 	$(MAKE) merge CONFIG=$(CONFIG_1C)
 
 eval-1c: $(STAMP) ## Phase 1C: same suite and judge as 1A; before/after per task and per failure cluster
-	$(CODE_ENV) $(PY) -m glue.evaluate --model $(MERGED_1C) --suite $(SUITE) --out $(WORK)/eval/1c \
+	$(CODE_ENV) $(PY) -m glue.eval.evaluate --model $(MERGED_1C) --suite $(SUITE) --out $(WORK)/eval/1c \
 	    --baseline $(WORK)/eval/1a $(CODE_FLAG) $(if $(filter 1,$(STRICT)),--strict) --overwrite
-	$(CODE_ENV) $(PY) -m glue.failures --model $(MERGED_1C) --profile $(PROFILE) \
+	$(CODE_ENV) $(PY) -m glue.eval.failures --model $(MERGED_1C) --profile $(PROFILE) \
 	    --out $(WORK)/1c_failures $(if $(PROMPTS),--prompts $(PROMPTS)) $(CODE_FLAG) --overwrite
-	$(PY) -m glue.compare --before $(WORK)/1b_failures --after $(WORK)/1c_failures \
+	$(PY) -m glue.eval.compare --before $(WORK)/1b_failures --after $(WORK)/1c_failures \
 	    --clusters $(WORK)/1b_clusters --out $(WORK)/eval/1c_vs_1a
 
 bench-distill: $(STAMP) ## benchmark: teacher requests/s at concurrency 64 against a local server with 200 ms latency
@@ -230,7 +230,7 @@ COMPRESSED = $(WORK)/compressed/$(basename $(notdir $(RECIPE)))
 ARTEFACT ?=
 
 compress: $(STAMP_COMPRESS) ## Phase 2: compress with a recipe [RECIPE=compression_recipes/x.yaml] [MODEL=dir] [CALIB_SAMPLES=n] [CALIB_LEN=n]
-	$(PY_COMPRESS) -m glue.compress --model $(COMPRESS_FROM) --recipe $(RECIPE) --data $(DATA)/train.jsonl \
+	$(PY_COMPRESS) -m glue.compress.compress --model $(COMPRESS_FROM) --recipe $(RECIPE) --data $(DATA)/train.jsonl \
 	    --out $(COMPRESSED) $(if $(filter 1,$(OVERWRITE)),--overwrite) \
 	    $(if $(CALIB_SAMPLES),--samples $(CALIB_SAMPLES)) $(if $(CALIB_LEN),--max-seq-length $(CALIB_LEN))
 
@@ -240,7 +240,7 @@ CALIBRATION ?= tokens
 HELDOUT ?= $(if $(filter tokens,$(CALIBRATION)),$(DATA)/val.jsonl)
 calibrate: $(STAMP_COMPRESS) ## 2F: temperature scaling, ECE before/after [MODEL=dir, default: RECIPE's output] [CALIBRATION=tokens|choices HELDOUT=file]
 	@[ -n "$(HELDOUT)" ] || { echo "error: CALIBRATION=$(CALIBRATION) needs HELDOUT=<JSONL of question/choices/answer records>, e.g. tests/fixtures/eval/mmlu_test.jsonl" >&2; exit 2; }
-	$(PY_COMPRESS) -m glue.calibrate --model $(or $(MODEL),$(COMPRESSED)) --heldout $(HELDOUT) --mode $(CALIBRATION) \
+	$(PY_COMPRESS) -m glue.compress.calibrate --model $(or $(MODEL),$(COMPRESSED)) --heldout $(HELDOUT) --mode $(CALIBRATION) \
 	    --out $(WORK)/calibration/$(notdir $(or $(MODEL),$(COMPRESSED)))/$(CALIBRATION) --overwrite
 
 # The reference (COMPRESS_FROM) is evaluated again here, into eval/<its folder name> (`merged`),
@@ -250,24 +250,24 @@ REFERENCE_EVAL = $(WORK)/eval/$(notdir $(patsubst %/,%,$(COMPRESS_FROM)))
 COMPRESSED_ARTEFACTS = $(wildcard $(WORK)/compressed/*) $(wildcard $(WORK)/gguf/*.gguf)
 eval-compressed: $(STAMP) $(STAMP_COMPRESS) ## Phase 2: eval suite on the reference, every compressed/ folder and gguf/ file [MODEL=dir] [ALLOW_CODE_EVAL=1]
 	@[ -n "$(strip $(COMPRESSED_ARTEFACTS))" ] || { echo "error: nothing under $(WORK)/compressed/ or $(WORK)/gguf/; run make compress or make gguf first" >&2; exit 2; }
-	$(CODE_ENV) $(PY_COMPRESS) -m glue.evaluate --model $(COMPRESS_FROM) --suite $(SUITE) \
+	$(CODE_ENV) $(PY_COMPRESS) -m glue.eval.evaluate --model $(COMPRESS_FROM) --suite $(SUITE) \
 	    --out $(REFERENCE_EVAL) $(CODE_FLAG) --overwrite
 	for model in $(COMPRESSED_ARTEFACTS); do \
-	    $(CODE_ENV) $(PY_COMPRESS) -m glue.evaluate --model $$model --suite $(SUITE) --out $(WORK)/eval/$$(basename $$model) \
+	    $(CODE_ENV) $(PY_COMPRESS) -m glue.eval.evaluate --model $$model --suite $(SUITE) --out $(WORK)/eval/$$(basename $$model) \
 	        --baseline $(REFERENCE_EVAL) $(CODE_FLAG) --overwrite; \
 	done
 
 compress-report: $(STAMP_COMPRESS) ## Phase 2: size, bits/param, perplexity, recovery of every compressed/ folder and gguf/ file (+ plot)
-	$(PY_COMPRESS) -m glue.compress_report --reference $(COMPRESS_FROM) --heldout $(DATA)/val.jsonl \
+	$(PY_COMPRESS) -m glue.compress.report --reference $(COMPRESS_FROM) --heldout $(DATA)/val.jsonl \
 	    --eval-dir $(WORK)/eval --out $(WORK)/compress_report --overwrite $(COMPRESSED_ARTEFACTS)
 
 GGUF_TYPES ?= Q5_K_M,Q4_K_M
 gguf: $(STAMP_COMPRESS) $(STAMP_GGUF) ## Phase 2: GGUF export + llama.cpp quantization, checked against transformers [MODEL=dir] [GGUF_TYPES=Q5_K_M,Q4_K_M]
-	$(PY_COMPRESS) -m glue.gguf --model $(COMPRESS_FROM) --types $(GGUF_TYPES) --converter $(LLAMA_CPP) \
+	$(PY_COMPRESS) -m glue.compress.gguf --model $(COMPRESS_FROM) --types $(GGUF_TYPES) --converter $(LLAMA_CPP) \
 	    --data $(DATA)/val.jsonl --out $(WORK)/gguf $(if $(filter 1,$(OVERWRITE)),--overwrite)
 
 dequantize: $(STAMP_COMPRESS) ## 2E: dense copy of RECIPE's compressed model for the recovery fine-tune
-	$(PY_COMPRESS) -m glue.dequantize --model $(COMPRESSED) --out $(WORK)/2e_recovery_base --overwrite
+	$(PY_COMPRESS) -m glue.compress.dequantize --model $(COMPRESSED) --out $(WORK)/2e_recovery_base --overwrite
 
 train-2e: ## 2E: short recovery LoRA over the dequantized compressed model (after make dequantize)
 	$(MAKE) train CONFIG=$(CONFIGS)/2e_recovery.yml
@@ -275,8 +275,8 @@ train-2e: ## 2E: short recovery LoRA over the dequantized compressed model (afte
 merge-2e: ## 2E: guarded merge of the recovery adapter (then compress it again: make compress MODEL=...)
 	$(MAKE) merge CONFIG=$(CONFIGS)/2e_recovery.yml
 
-package: $(STAMP) ## zstd archive + SHA-256 + manifest of an artefact [ARTEFACT=dir, default: RECIPE's output]
-	$(PY) -m glue.package pack $(or $(ARTEFACT),$(COMPRESSED)) --out $(WORK)/packages --overwrite
+package: $(STAMP_COMPRESS) ## zstd archive + SHA-256 + manifest of an artefact [ARTEFACT=dir, default: RECIPE's output]
+	$(PY_COMPRESS) -m glue.compress.package pack $(or $(ARTEFACT),$(COMPRESSED)) --out $(WORK)/packages --overwrite
 
 demo: ## the whole chain on the tiny profile, on CPU, offline (each stage rerun from scratch)
 	$(MAKE) setup

@@ -8,8 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from glue.distill import ApiBackend, CallLog, Job, run_jobs
-from glue.llm_client import LLMClient
+from glue.core.llm_client import LLMClient
+from glue.distill.build import ApiBackend, CallLog, Job, run_jobs
 from tests.openai_stub import OpenAIStub
 
 

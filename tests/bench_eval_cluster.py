@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from glue.cluster import CONFIG, cluster_embeddings, embed, load_config, load_embedder  # noqa: E402
+from glue.core.embeddings import load_embedder  # noqa: E402
+from glue.eval.cluster import CONFIG, cluster_embeddings, embed, load_config  # noqa: E402
 
 rng = random.Random(0)
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo"]

@@ -1,7 +1,14 @@
-"""Shared fixtures. Tests run offline: the hub is switched off before anything imports
-transformers, and the tiny base model is built once per session from the bundled data."""
+"""Shared fixtures for both test runs: `.venv` runs tests/ (without tests/compress), and
+`.venv-compress` runs tests/compress/. Tests run offline: the hub is switched off before
+anything imports transformers.
+
+Tiers: a test that uses a fixture which builds or runs a model (MODEL_FIXTURES, and any
+fixture that depends on one) is marked `model` at collection, so `make test-fast`
+(`-m "not model and not slow"`) needs no model and no llama.cpp build; `slow` marks the
+end-to-end runs that call make targets. `make test` runs everything."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,23 +23,50 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SFT_DIR = ROOT / "tests" / "fixtures" / "sft"
+TRAIN_PYTHON = ROOT / ".venv" / "bin" / "python"
+
+# Fixtures that build or load a model; a test using one (directly or through another
+# fixture) is in the `model` tier.
+MODEL_FIXTURES = {"tiny_base", "compressed"}
 
 # The `openai_stub` fixture: a local OpenAI-compatible server with fault injection.
 pytest_plugins = ["tests.openai_stub"]
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end runs of real tools on the tiny profile (CI runs them)")
+    config.addinivalue_line("markers", "slow: end-to-end runs of make targets on the tiny profile")
+    config.addinivalue_line("markers", "model: needs a model built or run (set from the test's fixtures)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
+def build_tiny_base(out: Path) -> Path:
+    """The tiny profile's base model, built by the training environment (its chat template is
+    Axolotl's): in this process when that is the running environment, else in a subprocess
+    whose output is shown if it fails."""
+    if Path(sys.prefix).resolve() == (ROOT / ".venv").resolve():
+        from glue.train.tiny_model import build_tiny_model
+
+        build_tiny_model(out, SFT_DIR / "train.jsonl")
+        return out
+    if not TRAIN_PYTHON.exists():
+        pytest.fail(f"{TRAIN_PYTHON} is missing: the tiny model is built by the training environment; run `make setup`")
+    result = subprocess.run([str(TRAIN_PYTHON), "-m", "glue.train.tiny_model", "--out", str(out),
+                             "--corpus", str(SFT_DIR / "train.jsonl")], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"building the tiny model failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n"
+                    f"{result.stderr[-3000:]}")
+    return out
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A tiny Llama checkpoint (random weights, offline tokenizer), built once per session."""
-    from glue.tiny_model import build_tiny_model
-
-    out = tmp_path_factory.mktemp("tiny") / "base_model"
-    build_tiny_model(out, SFT_DIR / "train.jsonl")
-    return out
+    return build_tiny_base(tmp_path_factory.mktemp("tiny") / "base_model")
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 import json
 
-from glue.bench_data import BANDS, bench, synthetic_corpus, whole_stage
-from glue.dedup import jaccard, shingles
+from glue.data.bench import BANDS, bench, synthetic_corpus, whole_stage
+from glue.data.dedup import jaccard, shingles
 
 
 def test_corpus_lengths_and_planted_pairs_fall_in_their_bands():

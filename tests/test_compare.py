@@ -2,7 +2,7 @@
 
 import json
 
-from glue.compare import compare, markdown
+from glue.eval.compare import compare, markdown
 
 
 def write(folder, rows):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glue.curate import CONFIG, curate, main, split_validation, tag_domain, load_config
-from glue.io import UserError
+from glue.core.io import UserError
+from glue.data.curate import CONFIG, curate, load_config, main, split_validation, tag_domain
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "tests" / "fixtures" / "sources"

@@ -4,7 +4,17 @@ import random
 
 from datasketch import LeanMinHash
 
-from glue.dedup import SCHEME, DedupParams, build_lsh, candidates, deduplicate, jaccard, shingle_hashes, shingles, signatures
+from glue.data.dedup import (
+    SCHEME,
+    DedupParams,
+    build_lsh,
+    candidates,
+    deduplicate,
+    jaccard,
+    shingle_hashes,
+    shingles,
+    signatures,
+)
 
 PARAMS = DedupParams()
 

@@ -2,8 +2,17 @@
 
 import pytest
 
-from glue.io import UserError
-from glue.quality import LanguageId, batch_features, check_weights, features, is_english, length_component, prose, score
+from glue.core.io import UserError
+from glue.data.quality import (
+    LanguageId,
+    batch_features,
+    check_weights,
+    features,
+    is_english,
+    length_component,
+    prose,
+    score,
+)
 
 WEIGHTS = {"english": 0.3, "coherence": 0.3, "length": 0.2, "complexity": 0.2}
 ENGLISH = ("The water cycle is the continuous movement of water on, above and below the surface of the Earth. "

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from glue.io import UserError
-from glue.sources import ADAPTERS, RowError, load_source
+from glue.core.io import UserError
+from glue.data.sources import ADAPTERS, RowError, load_source
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "tests" / "fixtures" / "sources"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from glue import distill
-from glue.io import UserError, iter_jsonl
+from glue.core.io import UserError, iter_jsonl
+from glue.distill import build as distill
 
 ROOT = Path(__file__).resolve().parent.parent
 CURATED = ROOT / "tests/fixtures/sft/train.jsonl"
@@ -170,7 +170,7 @@ def test_kill_and_rerun_loses_nothing_and_duplicates_nothing(tmp_path, clusters_
     run(tmp_path, out="reference_run", clusters=clusters_dir)
     reference_keys = {json.loads(line)["key"] for line in (tmp_path / "reference_run/calls.jsonl").open()}
     openai_stub.latency = 0.05
-    cmd = [sys.executable, "-m", "glue.distill", "--profile", "real", "--clusters", str(clusters_dir),
+    cmd = [sys.executable, "-m", "glue.distill.build", "--profile", "real", "--clusters", str(clusters_dir),
            "--curated", str(CURATED), "--out", str(tmp_path / "killed")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "killed/calls.jsonl"
@@ -205,7 +205,7 @@ def test_teacher_answer_in_the_wrong_format_is_rejected_and_counted(tmp_path, cl
 
 
 def test_teacher_timeout_is_rejected_counted_and_retried_on_rerun(tmp_path, clusters_dir, openai_stub, monkeypatch):
-    from glue import llm_client
+    from glue.core import llm_client
 
     original = llm_client.endpoint_settings
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from glue.cluster import FORMAT, NOISE, cluster_embeddings, cluster_failures, embed, load_embedder
-from glue.io import UserError
+from glue.core.embeddings import load_embedder
+from glue.core.io import UserError
+from glue.eval.cluster import FORMAT, NOISE, cluster_embeddings, cluster_failures, embed
 
 GROUPS = {
     "math": ["How many {} does Sam have after buying {} more and giving {} away?",
@@ -130,7 +131,7 @@ def test_bad_failures_input(tmp_path):
 @pytest.mark.slow
 def test_tiny_phase_1b_end_to_end(tiny_base, tmp_path):
     """`make failures-1b PROFILE=tiny`'s chain, offline: rule judges, consistency, clusters."""
-    from glue.failures import CONFIG, collect_failures
+    from glue.eval.failures import CONFIG, collect_failures
 
     prompts = tmp_path / "val.jsonl"
     from tests.conftest import SFT_DIR

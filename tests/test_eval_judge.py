@@ -6,9 +6,10 @@ from decimal import Decimal
 
 import pytest
 
-from glue.judge import (final_number, judge_code, judge_math, llm_judge_many, parse_verdict,
-                        render_prompt, tally)
-from glue.llm_client import LLMClient
+from glue.core.answers import final_number
+from glue.core.llm_client import LLMClient
+from glue.core.prompts import render_prompt
+from glue.eval.judge import judge_code, judge_math, llm_judge_many, parse_verdict, tally
 
 ADD_TESTS = {"test": "def check(f):\n    assert f(2, 3) == 5\n    assert f(-1, 1) == 0\n", "entry_point": "add"}
 
@@ -59,7 +60,7 @@ def test_code_rule_runs_tests_only_with_opt_in():
 def test_prompt_templates_are_strict():
     text = render_prompt("judge.j2", prompt="P?", reference="R.", answer="A.", domain="math")
     assert "P?" in text and '"verdict"' in text
-    from glue.io import UserError
+    from glue.core.io import UserError
 
     with pytest.raises(UserError, match="undefined value"):
         render_prompt("judge.j2", prompt="P?", reference="R.", domain="math")
@@ -89,7 +90,7 @@ def test_llm_judge_counts_malformed_output(openai_stub):
 def test_failures_llm_backend_reuses_teacher_cache(tiny_base, tmp_path, openai_stub):
     """Phase 1B through the real client: teacher answers cached, malformed judge output kept
     and counted, and a second student costs no teacher call."""
-    from glue.failures import collect_failures
+    from glue.eval.failures import collect_failures
 
     def responder(model, messages, body):
         content = messages[-1]["content"]

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from glue.io import UserError
-from glue.llm_client import EndpointError, LLMClient, ResponseCache, endpoint_settings
+from glue.core.io import UserError
+from glue.core.llm_client import EndpointError, LLMClient, ResponseCache, endpoint_settings
 
 USER = [{"role": "user", "content": "What is 6 times 7?"}]
 PRICES = {"judge-m": {"input": 1.0, "output": 2.0}}

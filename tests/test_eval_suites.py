@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from glue.evaluate import (ROOT, SUITES_DIR, apply_gates, check_model_dir, evaluate, load_suite,
-                           task_config, task_manager)
-from glue.io import UserError
+from glue.core.checkpoints import check_model_dir
+from glue.core.io import UserError
+from glue.core.paths import ROOT
+from glue.eval.evaluate import SUITES_DIR, apply_gates, evaluate, load_suite, task_config, task_manager
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
-"""glue.io's hashing: folder digests, and the cross-process cache of large files' digests."""
+"""glue.core.io's hashing: folder digests, and the cross-process cache of large files' digests."""
 
 import hashlib
 import os
 
 import pytest
 
-from glue import io
-from glue.io import sha256_path
+from glue.core import io
+from glue.core.io import sha256_path
 
 
 @pytest.fixture

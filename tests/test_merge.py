@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from glue import merge as merge_mod
-from glue.io import UserError
+from glue.core.io import UserError
+from glue.train import merge as merge_mod
 
 
 def make_adapter(base: Path, out: Path) -> Path:

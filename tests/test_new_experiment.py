@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glue.io import UserError
-from glue.new_experiment import new_experiment
-from glue.validate_config import validate
+from glue.core.io import UserError
+from glue.train.new_experiment import new_experiment
+from glue.train.validate_config import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "axolotl_configs/tiny/1a_base_sft.yml"

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import yaml
 
-from glue import render
-from glue.io import UserError
+from glue.core.io import UserError
+from glue.train import render
 
 
 def test_committed_configs_match_a_fresh_render():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from glue import validate_config as vc
-from glue.io import UserError
+from glue.core.io import UserError
+from glue.train import validate_config as vc
 
 ROOT = Path(__file__).resolve().parent.parent
 RENDERED = sorted((ROOT / "axolotl_configs").glob("*/*.yml"))

@@ -1,15 +1,20 @@
-"""glue.calibrate: temperature scaling, ECE, reliability diagram."""
+"""glue.compress.calibrate: temperature scaling, ECE, reliability diagram."""
 
 import json
 
 import pytest
 import torch
-
-from glue.calibrate import (calibrate, choice_logits, confidence_stats, fit_temperature, load_choice_questions,
-                            load_model)
-from glue.io import UserError
-
 from conftest import ROOT, SFT_DIR
+
+from glue.compress.calibrate import (
+    calibrate,
+    choice_logits,
+    confidence_stats,
+    fit_temperature,
+    load_choice_questions,
+    load_model,
+)
+from glue.core.io import UserError
 
 MMLU = ROOT / "tests" / "fixtures" / "eval" / "mmlu_test.jsonl"
 

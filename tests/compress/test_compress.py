@@ -1,4 +1,4 @@
-"""glue.compress and the recipes in compression_recipes/, on the tiny model (CPU)."""
+"""glue.compress.compress and the recipes in compression_recipes/, on the tiny model (CPU)."""
 
 import json
 import subprocess
@@ -6,12 +6,11 @@ import sys
 
 import pytest
 import torch
+from conftest import RECIPES, ROOT, SFT_DIR
 from transformers import AutoModelForCausalLM
 
-from glue.compress import compress, cpu_safe_awq, load_recipe
-from glue.io import UserError
-
-from conftest import RECIPES, ROOT, SFT_DIR
+from glue.compress.compress import compress, cpu_safe_awq, load_recipe
+from glue.core.io import UserError
 
 QUANTIZED = {"w4a16_gptq", "w4a16_awq", "sparse_2of4_w4a16"}
 PRUNED_2OF4 = {"sparse_2of4", "sparse_2of4_w4a16"}
@@ -33,19 +32,19 @@ def test_every_recipe_parses_with_llmcompressor():
     ("quantization_stage:", "quantisation_stag:"),  # misspelt stage: llm-compressor alone would skip it
     ("samples: 512", "samples: many"),
 ])
-def test_bad_recipe_is_refused_before_any_work(tmp_path, tiny_model, mistake, message):
+def test_bad_recipe_is_refused_before_any_work(tmp_path, tiny_base, mistake, message):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text((ROOT / "compression_recipes/w4a16_gptq.yaml").read_text().replace(mistake, message))
     out = tmp_path / "out"
     with pytest.raises(UserError, match="bad.yaml"):
-        compress(tiny_model, recipe, SFT_DIR / "train.jsonl", out)
+        compress(tiny_base, recipe, SFT_DIR / "train.jsonl", out)
     assert not out.exists()
 
 
-def test_cli_reports_a_bad_recipe_in_one_line(tmp_path, tiny_model):
+def test_cli_reports_a_bad_recipe_in_one_line(tmp_path, tiny_base):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("quantization_stage:\n  quantization_modifiers:\n    NoSuchModifier: {}\n")
-    result = subprocess.run([sys.executable, "-m", "glue.compress", "--model", str(tiny_model), "--recipe",
+    result = subprocess.run([sys.executable, "-m", "glue.compress.compress", "--model", str(tiny_base), "--recipe",
                              str(recipe), "--data", str(SFT_DIR / "train.jsonl"), "--out", str(tmp_path / "o")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
@@ -67,24 +66,25 @@ def test_awq_patch_only_without_cuda_and_restored():
 
 
 @pytest.mark.slow
-def test_awq_fails_on_cpu_without_the_patch(tiny_model):
+def test_awq_fails_on_cpu_without_the_patch(tiny_base):
     """Why cpu_safe_awq exists. When this starts passing oneshot (upstream fixed), drop the patch."""
     from llmcompressor import oneshot
     from transformers import AutoTokenizer
 
-    from glue.compress import calibration_dataset, render_records
+    from glue.compress.compress import calibration_dataset
+    from glue.core.records import render_records
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     dataset = calibration_dataset(render_records(SFT_DIR / "train.jsonl", tokenizer, 4, 0), tokenizer, 128)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
     with pytest.raises(RuntimeError, match="accelerator"):
         oneshot(model=model, tokenizer=tokenizer, recipe=str(ROOT / "compression_recipes/w4a16_awq.yaml"),
                 dataset=dataset, num_calibration_samples=4, max_seq_length=128, pipeline="sequential")
 
 
 @pytest.mark.slow
-def test_every_recipe_compresses_and_reloads(compressed, tiny_model):
-    reference = json.loads((tiny_model / "config.json").read_text())
+def test_every_recipe_compresses_and_reloads(compressed, tiny_base):
+    reference = json.loads((tiny_base / "config.json").read_text())
     prompt = torch.tensor([[reference["bos_token_id"], 5, 6, 7]])
     for name, (out, figures) in compressed.items():
         manifest = json.loads((out / "manifest.json").read_text())
@@ -104,7 +104,7 @@ def test_every_recipe_compresses_and_reloads(compressed, tiny_model):
 
 
 @pytest.mark.slow
-def test_refuses_compressed_input_and_existing_output(compressed, tiny_model, tmp_path):
+def test_refuses_compressed_input_and_existing_output(compressed, tiny_base, tmp_path):
     gptq, _ = compressed["w4a16_gptq"]
     pruned, _ = compressed["sparse_2of4"]
     recipe = ROOT / "compression_recipes/w4a16_gptq.yaml"
@@ -114,5 +114,5 @@ def test_refuses_compressed_input_and_existing_output(compressed, tiny_model, tm
         assert not (tmp_path / "again").exists()
     before = (gptq / "model.safetensors").read_bytes()
     with pytest.raises(UserError, match="already exists"):
-        compress(tiny_model, recipe, SFT_DIR / "train.jsonl", gptq)
+        compress(tiny_base, recipe, SFT_DIR / "train.jsonl", gptq)
     assert (gptq / "model.safetensors").read_bytes() == before

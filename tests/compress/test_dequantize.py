@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from glue.dequantize import dequantize
-from glue.io import UserError
+from glue.compress.dequantize import dequantize
+from glue.core.io import UserError
 
 
 def test_dense_copy_matches_the_compressed_model(compressed, tmp_path):
@@ -16,9 +16,9 @@ def test_dense_copy_matches_the_compressed_model(compressed, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["stage"] == "dequantize"
 
 
-def test_refuses_a_checkpoint_that_is_not_compressed(tiny_model, tmp_path):
+def test_refuses_a_checkpoint_that_is_not_compressed(tiny_base, tmp_path):
     with pytest.raises(UserError, match="is not a compressed checkpoint"):
-        dequantize(tiny_model, tmp_path / "dense")
+        dequantize(tiny_base, tmp_path / "dense")
     assert not (tmp_path / "dense").exists()
 
 
@@ -29,7 +29,6 @@ def test_recovery_lora_trains_on_the_dense_copy_and_merges(compressed, tmp_path)
     import subprocess
 
     import yaml
-
     from conftest import ROOT, SFT_DIR
 
     base = tmp_path / "2e_recovery_base"

@@ -1,16 +1,15 @@
-"""glue.evaluate in the compression environment (lm-eval 0.4.13, compressed-tensors) on a
+"""glue.eval.evaluate in the compression environment (lm-eval 0.4.13, compressed-tensors) on a
 compressed checkpoint, and compress_report picking its score up: what `make eval-compressed`
 followed by `make compress-report` does."""
 
 import json
 
 import pytest
-
-from glue.compress_report import report
-from glue.evaluate import SUITES_DIR, evaluate, is_unsafe, load_suite, task_manager
-from glue.io import UserError
-
 from conftest import SFT_DIR
+
+from glue.compress.report import report
+from glue.core.io import UserError
+from glue.eval.evaluate import SUITES_DIR, evaluate, is_unsafe, load_suite, task_manager
 
 
 def test_project_suites_resolve_under_this_lm_eval(tmp_path):
@@ -28,14 +27,14 @@ def test_project_suites_resolve_under_this_lm_eval(tmp_path):
 
 
 @pytest.mark.slow
-def test_compressed_checkpoint_is_evaluated_and_reported(compressed, tiny_model, tmp_path, monkeypatch):
+def test_compressed_checkpoint_is_evaluated_and_reported(compressed, tiny_base, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     suite, eval_dir = SUITES_DIR / "tiny_1a.yml", tmp_path / "eval"
     gptq = compressed["w4a16_gptq"][0]
     assert json.loads((gptq / "config.json").read_text())["quantization_config"]["quant_method"] == "compressed-tensors"
     # as the Makefile does it: the reference under its folder name, then the artefact
-    ref = evaluate(tiny_model, suite, eval_dir / tiny_model.name)
-    out = evaluate(gptq, suite, eval_dir / gptq.name, baseline=eval_dir / tiny_model.name)
+    ref = evaluate(tiny_base, suite, eval_dir / tiny_base.name)
+    out = evaluate(gptq, suite, eval_dir / gptq.name, baseline=eval_dir / tiny_base.name)
 
     for summary in (ref, out):
         assert [r["task"] for r in summary["rows"]] == ["tiny_gsm8k_cot_llama", "tiny_mmlu_llama",
@@ -55,12 +54,12 @@ def test_compressed_checkpoint_is_evaluated_and_reported(compressed, tiny_model,
     for row, docs in zip(out["rows"], (10, 8)):
         results = json.loads((eval_dir / gptq.name / row["results_file"]).read_text())
         assert results["n-samples"][row["task"]]["effective"] == docs == len(answers(gptq.name, row))
-    assert any(answers(gptq.name, row) != answers(tiny_model.name, row) for row in out["rows"][:2])
+    assert any(answers(gptq.name, row) != answers(tiny_base.name, row) for row in out["rows"][:2])
 
-    rows = report(tiny_model, [gptq], SFT_DIR / "val.jsonl", tmp_path / "report", samples=10,
+    rows = report(tiny_base, [gptq], SFT_DIR / "val.jsonl", tmp_path / "report", samples=10,
                   max_seq_length=256, eval_dir=eval_dir)
     by_name = {r["artefact"]: r for r in rows}
-    for name, summary in ((tiny_model.name, ref), (gptq.name, out)):
+    for name, summary in ((tiny_base.name, ref), (gptq.name, out)):
         scores = [r["score"] for r in summary["rows"] if r["score"] is not None]
         assert by_name[name]["eval_score"] == pytest.approx(sum(scores) / len(scores))
     line = next(li for li in (tmp_path / "report" / "report.md").read_text().splitlines()
