@@ -1,5 +1,5 @@
 """Benchmark (not collected by pytest): embedding + clustering of 14K synthetic failure texts,
-the seeds' failure count, with the real profile's clustering config.
+the order of failures a real 1B run finds, with the real profile's clustering config.
 
     .venv/bin/python tests/bench_eval_cluster.py [N]
 

@@ -1,5 +1,8 @@
 """One manifest writer for every stage: what went in (with hashes), the parameters,
-the figures measured, and how long it took. Stages call `write_manifest` last."""
+the figures measured, and how long it took. Stages call `write_manifest` last.
+
+Paths inside the repository are recorded relative to its root, so a manifest still names the
+right files in another clone or on the machine a release is copied to."""
 
 from __future__ import annotations
 
@@ -10,6 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from glue.core.io import sha256_path, write_text_atomic
+from glue.core.paths import ROOT, relative
+
+
+def _relative_paths(value: Any) -> Any:
+    """`value` with every absolute path inside the repository made relative to its root."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_paths(v) for v in value]
+    if isinstance(value, (str, Path)) and Path(value).is_absolute() and Path(value).resolve().is_relative_to(ROOT):
+        return relative(value)
+    return value
 
 
 def write_manifest(
@@ -27,10 +42,10 @@ def write_manifest(
         "seconds": round(time.time() - started, 2),
         "host": platform.node(),
         "inputs": {
-            name: {"path": str(path), "sha256": sha256_path(path) if Path(path).exists() else None}
+            name: {"path": relative(path), "sha256": sha256_path(path) if Path(path).exists() else None}
             for name, path in inputs.items()
         },
-        "parameters": parameters,
+        "parameters": _relative_paths(parameters),
         "figures": figures,
     }
     target = Path(folder) / "manifest.json"

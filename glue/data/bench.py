@@ -78,8 +78,9 @@ def synthetic_corpus(rows: int, dup_share: float, seed: int) -> tuple[list[str],
     return texts, pairs
 
 
-# The seeds' selection (675K rows scored): rows per source, and how a (prompt, answer) pair is
-# written in that source's own schema, so the whole stage reads what it reads in production.
+# Roughly the rows each source contributes to the real profile's selection, in thousands (the
+# `filter` sources at their caps in templates/data/sources.yml), and how a (prompt, answer) pair
+# is written in that source's own schema, so the whole stage reads what it reads in production.
 SOURCE_MIX = {"openorca": 350, "alpaca_gpt4": 37, "wizardlm": 134, "dolly": 8, "metamathqa": 80,
               "codealpaca": 6, "anthropic_hh": 60}
 SCHEMA_WRITERS = {

@@ -1,6 +1,6 @@
 """Per-row quality features, the English filter and the quality score of the curate stage.
 
-The score is the seeds' four components, each in [0, 1], weighted (weights in sources.yml):
+The score has four components, each in [0, 1], weighted (weights in sources.yml):
   english    P(English) of the row's prose (code blocks, inline code, LaTeX and symbol-heavy
              lines removed first, so technical text is judged on its words); 1.0 when less than
              `min_prose_chars` of prose is left (pure code or formulas: nothing to judge).
@@ -13,7 +13,8 @@ The score is the seeds' four components, each in [0, 1], weighted (weights in so
   complexity mean of: min(1, distinct words / 100), min(1, words per sentence / 15), and 1 if
              the row has structure (code, a list, a formula, two or more paragraphs) else 0.
 
-English filter (tolerant, as the seeds' relaxed thresholds): a row passes when its prose is
+English filter (tolerant: technical English mixes in code, names and formulas, which a
+strict language-ID threshold rejects): a row passes when its prose is
 too short to judge, or P(English) >= min_probability, or the share of its words that are
 common English function words >= min_common_share.
 """

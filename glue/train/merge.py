@@ -1,7 +1,7 @@
 """Merge a trained LoRA adapter into its full-precision base with `axolotl merge-lora`,
 behind a guard, and prove the merge before it is put in place.
 
-The guard refuses the merges that silently corrupt a model (the seeds' Phase 1A failure):
+The guard refuses the merges that silently corrupt a model:
 a quantized base, a QLoRA/4-bit/8-bit training config (unless explicitly accepted), and an
 adapter trained on another base. The proof: on a fixed probe batch the merged model's
 logits match base+adapter (unmerged), every weight is finite, no quantization_config is
@@ -17,13 +17,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from glue.core.io import UserError, atomic_path, run_cli
 from glue.core.manifest import write_manifest
+from glue.train.axolotl_run import run as run_quietly
 from glue.train.validate_config import key_lines, validate
 
 # Names of published pre-quantized checkpoints (unsloth ...-bnb-4bit, TheBloke ...-GPTQ/-AWQ, ...).
@@ -102,10 +102,10 @@ def run_axolotl_merge(config_path: Path, adapter_dir: Path, staging: Path) -> Pa
     axolotl = Path(sys.executable).with_name("axolotl")
     cmd = [str(axolotl), "merge-lora", str(config_path),
            f"--lora-model-dir={adapter_dir}", f"--output-dir={staging}"]
-    result = subprocess.run(cmd, env={**os.environ, "PATH": f"{axolotl.parent}:{os.environ.get('PATH', '')}"})
+    returncode = run_quietly(cmd, env={**os.environ, "PATH": f"{axolotl.parent}:{os.environ.get('PATH', '')}"})
     merged = staging / "merged"
-    if result.returncode != 0 or not (merged / "config.json").is_file():
-        raise UserError(f"`{' '.join(cmd)}` failed (exit {result.returncode}); nothing was put in place")
+    if returncode != 0 or not (merged / "config.json").is_file():
+        raise UserError(f"`{' '.join(cmd)}` failed (exit {returncode}); nothing was put in place")
     return merged
 
 

@@ -1,0 +1,68 @@
+"""Run a command that loads Axolotl with its known noise dropped from the output, so the useful
+lines are what a person sees: `python -m glue.train.axolotl_run axolotl train cfg.yml`.
+
+Dropped are only the lines listed in NOISE, which every Axolotl call printed here before its
+first useful line and which ask nothing of the user: torch's `_pytree` notes that torchao
+registers enums the old way, and torchao's failures to load CUDA-only kernels (mxfp8,
+cutlass) on a CPU host. Everything else passes through unchanged and at once, progress bars
+included (a segment ends at a newline or a carriage return). The exit status is the command's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+NOISE = [
+    re.compile(rb"torch/utils/_pytree\.py:\d+\] <enum '\w+'> is an Enum subclass and is now natively supported"),
+    re.compile(rb"Failed to load \S*torchao/_C_(mxfp8|cutlass_90a)\S*\.so: Could not load this library"),
+]
+_SEGMENT = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
+
+
+def is_noise(segment: bytes) -> bool:
+    return any(pattern.search(segment) for pattern in NOISE)
+
+
+def filter_stream(read, write) -> None:
+    """Copy `read()` chunks to `write`, segment by segment, leaving out noise segments."""
+    pending = b""
+    while chunk := read():
+        pending += chunk
+        end = 0
+        for match in _SEGMENT.finditer(pending):
+            if not is_noise(match.group()):
+                write(match.group())
+            end = match.end()
+        pending = pending[end:]
+    if pending and not is_noise(pending):
+        write(pending)
+
+
+def run(cmd: list[str], env: dict | None = None) -> int:
+    """Run `cmd` with stdout and stderr merged through the filter; its exit status."""
+    # Unbuffered: a Python child writing to a pipe would otherwise hold its lines back.
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    filter_stream(lambda: os.read(process.stdout.fileno(), 65536), write)
+    return process.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        raise SystemExit(0 if argv else 2)
+    raise SystemExit(run(argv))
+
+
+if __name__ == "__main__":
+    main()
