@@ -100,7 +100,7 @@ $(STAMP): requirements.txt
 	@echo "setup: $(VENV) from requirements.txt ($(TORCH_SPEC))"
 	rm -f $(VENV)/.installed-*
 	[ -x $(PY) ] || $(PYTHON_BASE) -m venv $(VENV)
-	$(call install_torch,$(PY))
+	@$(call install_torch,$(PY))
 	$(PY) -m pip install $(PIP_QUIET) -r requirements.txt 2>&1 $(QUIET_INDEX_WARNINGS)
 	$(PY) -m pip check
 	touch $@
@@ -109,7 +109,7 @@ $(STAMP_COMPRESS): requirements-compress.txt
 	@echo "setup: $(VENV_COMPRESS) from requirements-compress.txt ($(TORCH_SPEC))"
 	rm -f $(VENV_COMPRESS)/.installed-*
 	[ -x $(VENV_COMPRESS)/bin/python ] || $(PYTHON_BASE) -m venv $(VENV_COMPRESS)
-	$(call install_torch,$(VENV_COMPRESS)/bin/python)
+	@$(call install_torch,$(VENV_COMPRESS)/bin/python)
 	$(VENV_COMPRESS)/bin/pip install $(PIP_QUIET) -r requirements-compress.txt 2>&1 $(QUIET_INDEX_WARNINGS)
 	$(VENV_COMPRESS)/bin/pip check
 	touch $@

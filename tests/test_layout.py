@@ -19,6 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GLUE = ROOT / "glue"
 VENVS = {"train": ROOT / ".venv", "compress": ROOT / ".venv-compress"}
+# Importable without being installed: llama.cpp's converter and its own gguf-py, unpacked from the
+# llama-cpp-python sdist by `make setup` (glue/compress/gguf.py puts them on sys.path).
+SOURCE_TREES = {"compress": [ROOT / ".venv-compress/src/llama.cpp", ROOT / ".venv-compress/src/llama.cpp/gguf-py"]}
 ENVIRONMENTS = {"data": {"train"}, "train": {"train"}, "eval": {"train"}, "distill": {"train"},
                 "compress": {"compress"}}
 RUNS_IN_BOTH = {
@@ -108,8 +111,9 @@ def installed() -> dict[str, set[str]]:
         python = venv / "bin" / "python"
         if not python.exists():
             pytest.fail(f"{python} is missing: run `make setup` (this test reads both environments)")
-        out = subprocess.run([str(python), "-c", "import json, pkgutil, sys; print(json.dumps("
-                              "[m.name for m in pkgutil.iter_modules()] + list(sys.builtin_module_names)))"],
+        trees = [str(path) for path in SOURCE_TREES.get(env, [])]
+        out = subprocess.run([str(python), "-c", "import json, pkgutil, sys; print(json.dumps([m.name for m in ["
+                              "*pkgutil.iter_modules(), *pkgutil.iter_modules(sys.argv[1:])]]))", *trees],
                              capture_output=True, text=True, check=True).stdout
         found[env] = set(json.loads(out))
     return found
@@ -132,7 +136,9 @@ def test_environment_check_would_catch_a_crossing(installed):
     # The check above is only worth something if the two environments differ where it matters.
     assert "llmcompressor" in installed["compress"] and "llmcompressor" not in installed["train"]
     assert "axolotl" in installed["train"] and "axolotl" not in installed["compress"]
-    assert environments()["glue.core.records"] == {"train", "compress"}
+    envs = environments()
+    assert envs["glue.core.checkpoints"] == {"train", "compress"}  # eval.failures and compress.compress use it
+    assert envs["glue.core.embeddings"] == {"train"}  # only .venv has sentence-transformers, and only it uses it
 
 
 def test_tests_import_only_their_environments_modules():
