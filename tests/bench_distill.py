@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from glue.core.llm_client import LLMClient
-from glue.distill.build import ApiBackend, CallLog, Job, run_jobs
+from glue.distill.backends import ApiBackend
+from glue.distill.jobs import CallLog, Job, run_jobs
 from tests.openai_stub import OpenAIStub
 
 

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from glue.core.answers import answer_key, final_number, same_answer
-from glue.distill.build import Job, RulesJudge, build_from_consistency
+from glue.distill.backends import RulesJudge
+from glue.distill.build import build_from_consistency
+from glue.distill.jobs import Job
 from glue.eval.failures import agreement
 from glue.eval.judge import judge_math
 

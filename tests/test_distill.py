@@ -1,18 +1,22 @@
 """Phase 1C data: teacher examples, judge filter, self-critique, reverse pairs, the mix;
 resumable exactly-once generation, faults, the budget cap, and the offline backends."""
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from glue.core.io import UserError, iter_jsonl
 from glue.distill import build as distill
+from glue.distill.jobs import BudgetReached, CallLog
 
 ROOT = Path(__file__).resolve().parent.parent
 CURATED = ROOT / "tests/fixtures/sft/train.jsonl"
@@ -74,6 +78,8 @@ def test_offline_tiny_run_builds_the_mix_from_references(tmp_path, clusters_dir)
     assert {r["source"] for r in train + val} == {"bundled", "distill:reference", "distill:self_critique"}
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
     assert manifest["parameters"]["teacher"] == "reference" and manifest["figures"]["spend_usd"] == 0
+    assert manifest["inputs"]["config"]["path"] == "templates/distill.yml"  # relative: valid in any clone
+    assert str(ROOT) not in (tmp_path / "out/manifest.json").read_text()
 
 
 def test_estimate_only_calls_nothing(tmp_path, clusters_dir, openai_stub):
@@ -119,6 +125,23 @@ def test_faults_are_retried_or_rejected_and_counted(tmp_path, clusters_dir, open
     assert sum(1 for r in openai_stub.requests if r["fault"] == "429") == 20
 
 
+def test_identical_requests_of_two_clusters_are_sent_once(tmp_path, clusters_dir, openai_stub):
+    clusters = json.loads((clusters_dir / "clusters.json").read_text())
+    for cluster in clusters["clusters"]:
+        cluster["label"]["domain"] = "conversation"
+    (clusters_dir / "clusters.json").write_text(json.dumps(clusters))
+
+    def one_new_example(model, messages, body):  # both clusters' new examples earn one judge prompt
+        if "training example number" in messages[-1]["content"]:
+            return json.dumps({"instruction": "Name a colour.", "response": "Blue."})
+        return teacher_and_judge(model, messages, body)
+    openai_stub.responder = one_new_example
+    figures = run(tmp_path, clusters=clusters_dir)
+    judged = Counter(json.dumps(r["body"], sort_keys=True) for r in openai_stub.requests if r["model"] == "gpt-4o-mini")
+    assert set(judged.values()) == {1}
+    assert figures["kept_by_kind"]["new"] == 2 * 40  # each cluster's 20 examples, forward and reverse
+
+
 def test_unparseable_judge_score_is_rejected_not_kept(tmp_path, clusters_dir, openai_stub):
     def judge_babbles(model, messages, body):
         return "I would say it is quite good" if model == "gpt-4o-mini" else teacher_and_judge(model, messages, body)
@@ -129,11 +152,11 @@ def test_unparseable_judge_score_is_rejected_not_kept(tmp_path, clusters_dir, op
 
 def test_budget_cap_stops_cleanly_and_a_higher_budget_continues(tmp_path, clusters_dir, openai_stub):
     openai_stub.responder = teacher_and_judge
-    with pytest.raises(distill.BudgetReached):
+    with pytest.raises(BudgetReached):
         run(tmp_path, clusters=clusters_dir, budget_usd=0.0005)
-    log = distill.CallLog(tmp_path / "out/calls.jsonl")
-    cost, _ = log.spend()
-    per_call = max(r["cost_usd"] for r in log.records.values())
+    with CallLog(tmp_path / "out/calls.jsonl") as log:
+        cost, _ = log.spend()
+        per_call = max(r["cost_usd"] for r in log.records.values())
     concurrency = 16  # eval_configs/endpoints.yml: teacher concurrency
     assert 0.0005 <= cost <= 0.0005 + concurrency * per_call
     assert not (tmp_path / "out/train.jsonl").exists()
@@ -164,30 +187,107 @@ def test_self_consistency_keeps_answers_the_samples_agree_on(tmp_path, clusters_
     assert kept and all(r["meta"]["kind"] == "consistency" for r in kept)
 
 
+class AnswerGate:
+    """A stub responder that counts the answers the server gives, per request body, and once
+    closed holds every later answer back: a kill then lands with calls in flight whose answers
+    can never reach the client (the rerun asks those again, and rightly)."""
+
+    def __init__(self, responder):
+        self.responder = responder
+        self.answered: Counter = Counter()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._opened = threading.Event()
+
+    def __call__(self, model, messages, body):
+        with self._lock:
+            held = self._closed
+            if not held:
+                self.answered[hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()] += 1
+        if held:
+            self._opened.wait(timeout=30)
+        return self.responder(model, messages, body)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def open(self) -> None:
+        with self._lock:
+            self._closed = False
+        self._opened.set()
+
+
+def wait_until(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def successful_records(log: Path) -> Counter:
+    return Counter(r["key"] for r in iter_jsonl(log, on_error=lambda *_: None) if r["error"] is None) \
+        if log.exists() else Counter()
+
+
 @pytest.mark.slow
-def test_kill_and_rerun_loses_nothing_and_duplicates_nothing(tmp_path, clusters_dir, openai_stub):
-    openai_stub.responder = teacher_and_judge
-    run(tmp_path, out="reference_run", clusters=clusters_dir)
-    reference_keys = {json.loads(line)["key"] for line in (tmp_path / "reference_run/calls.jsonl").open()}
-    openai_stub.latency = 0.05
+@pytest.mark.parametrize("killed", ["stage", "parent"])
+def test_kill_and_rerun_asks_no_answered_call_twice(tmp_path, clusters_dir, openai_stub, killed):
+    """SIGKILL mid-generation, then a rerun, against a server with latency and faults, counted on
+    the server: every request it answered was answered once, across both runs. `stage`: the stage
+    is killed, and the calls in flight die with it. `parent`: the process that started the stage
+    is killed (as `make` is by a CI timeout); the stage lives on while the rerun starts."""
+    openai_stub.latency = 0.25
+    openai_stub.fault_rate = {"429": 0.05, "500": 0.05}  # retried by the client
+    gate = openai_stub.responder = AnswerGate(teacher_and_judge)
+    run(tmp_path, out="uninterrupted", clusters=clusters_dir)
+    uninterrupted = Counter(gate.answered)
+    assert set(uninterrupted.values()) == {1}
+    gate.answered.clear()
+
+    openai_stub.script("malformed", "empty")  # calls that fail: the rerun asks them again
+    out, log = tmp_path / "killed", tmp_path / "killed/calls.jsonl"
     cmd = [sys.executable, "-m", "glue.distill.build", "--profile", "real", "--clusters", str(clusters_dir),
-           "--curated", str(CURATED), "--out", str(tmp_path / "killed")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = tmp_path / "killed/calls.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 30):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = log.read_text().count("\n")
-    assert 30 <= done_before < len(reference_keys), "the kill must land mid-generation"
-    openai_stub.latency = 0.0
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
-    assert len(keys) == len(set(keys)) and set(keys) == reference_keys  # every call exactly once
+           "--curated", str(CURATED), "--out", str(out)]
+    if killed == "parent":  # a shell that waits for the stage, as make's recipe shell does
+        proc = subprocess.Popen(["sh", "-c", '"$@" >/dev/null 2>&1 & echo $!; wait', "sh", *cmd], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+        with proc.stdout:
+            stage = int(proc.stdout.readline())
+    else:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stage = proc.pid
+    try:
+        wait_until(lambda: sum(gate.answered.values()) >= 40)
+        if killed == "stage":  # kill with calls in flight, after every answer given has been logged
+            gate.close()
+            wait_until(lambda: sum(successful_records(log).values()) == sum(gate.answered.values()))
+        assert sum(gate.answered.values()) < len(uninterrupted), "the kill must land mid-generation"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if killed == "stage":
+            time.sleep(openai_stub.latency + 0.5)  # the dead run's last requests reach the gate, and are held
+            gate.open()
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90)
+        assert result.returncode == 0, result.stderr[-2000:]
+        wait_until(lambda: not running(stage))
+    finally:
+        if running(stage):
+            os.kill(stage, signal.SIGKILL)
+
+    asked_twice = sum(n - 1 for n in gate.answered.values())
+    assert asked_twice == 0 and set(gate.answered) == set(uninterrupted), f"{asked_twice} answered calls asked again"
+    records = successful_records(log)
+    assert set(records.values()) == {1} and set(records) == set(successful_records(tmp_path / "uninterrupted/calls.jsonl"))
     for name in ("train.jsonl", "val.jsonl", "rejected.jsonl"):
-        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "reference_run" / name).read_bytes()
+        assert (out / name).read_bytes() == (tmp_path / "uninterrupted" / name).read_bytes()
 
 
 def test_teacher_answer_in_the_wrong_format_is_rejected_and_counted(tmp_path, clusters_dir, openai_stub):

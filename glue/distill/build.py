@@ -10,23 +10,14 @@ curation stage's dedup, and the mix is split into train.jsonl / val.jsonl for th
 `--mode self-consistency` instead samples the teacher k times per failed prompt (greedy for
 math/code, sampled otherwise) and keeps the answer the samples agree on.
 
-Every call's result is appended to `<out>/calls.jsonl` under a key (kind, cluster, prompt hash,
-model, parameters) the moment it returns, and flushed to disk, so a rerun after a crash or
-Ctrl-C skips what is done: nothing is lost or asked twice, and the outputs, built from the log
-in sorted order, are byte-identical to an uninterrupted run's. Calls that failed (timeout, a
-5xx after the client's retries, an empty or malformed body) are asked again by the next run. The budget counts every run's
-spend; reaching it stops the stage cleanly (exit 3) with all results kept.
-
-Backends (eval_configs/endpoints.yml, per profile): `llm` calls the model through
-glue/core/llm_client.py; offline, the teacher `reference` answers from the failures' reference
-answers (and skips prompts it has none for) and the judge `rules` scores against the
-reference (numeric final answer for math, embedding similarity otherwise).
+Every call is logged the moment it returns, so a rerun after a crash, Ctrl-C or a kill
+resumes without asking a finished call again (glue/distill/jobs.py); the teacher and judge run
+online or offline (glue/distill/backends.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -34,28 +25,21 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
 
-from tqdm import tqdm
-
-from glue.core.answers import answer_key, final_number, same_answer
-from glue.core.embeddings import load_embedder, similarities
+from glue.core.answers import answer_key
 from glue.core.io import UserError, iter_jsonl, load_yaml, run_cli, write_jsonl_atomic
-from glue.core.llm_client import ChatResult, LLMClient, endpoint_settings
+from glue.core.llm_client import endpoint_settings
 from glue.core.manifest import write_manifest
 from glue.core.paths import ROOT, profile_config
 from glue.core.prompts import parse_json_object, render_prompt
 from glue.data.dedup import DedupParams, deduplicate
+from glue.distill.backends import make_backend
+from glue.distill.jobs import BudgetReached, CallLog, Job, run_jobs
 
 CONFIG = ROOT / "templates" / "distill.yml"
 CLUSTERS_FORMAT = "failure-clusters/v1"
 EXIT_BUDGET = 3
-
-
-class BudgetReached(Exception):
-    pass
 
 
 # ---- configuration and inputs ------------------------------------------------------------
@@ -78,156 +62,6 @@ def load_clusters(folder: str | Path) -> tuple[list[dict], dict[str, dict]]:
         raise UserError(f"{path}: format is {data.get('format')!r}, expected {CLUSTERS_FORMAT!r}")
     members = {str(m["id"]): m for m in iter_jsonl(folder / "members.jsonl")}
     return data["clusters"], members
-
-
-# ---- jobs, keys and the call log -----------------------------------------------------------
-
-@dataclass
-class Job:
-    kind: str                 # answer | new | critique | score | consistency
-    cluster_id: int
-    domain: str
-    messages: list[dict]
-    params: dict
-    meta: dict = field(default_factory=dict)
-    key: str = ""
-
-    def keyed(self, model: str) -> "Job":
-        prompt_hash = hashlib.sha256(json.dumps(self.messages, sort_keys=True).encode()).hexdigest()
-        blob = json.dumps([self.kind, self.cluster_id, prompt_hash, model, self.params], sort_keys=True)
-        self.key = hashlib.sha256(blob.encode()).hexdigest()[:32]
-        return self
-
-
-class CallLog:
-    """The append-only record of every finished call: what makes the stage resumable."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict] = {}
-        self.cost_usd, self.tokens = 0.0, 0
-        torn = []
-        if path.exists():
-            for record in iter_jsonl(path, on_error=lambda where, message: torn.append(where)):
-                if not self.done(record["key"]):
-                    self._add(record)
-            if torn:  # a line cut short by a kill: drop it (its call is simply made again)
-                write_jsonl_atomic(path, self.records.values())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8")
-        self.torn_lines = len(torn)
-
-    def done(self, key: str) -> bool:
-        """A call is done once it has an answer; a failed call (timeout, 5xx after the client's
-        retries, an empty or malformed body) is asked again by the next run."""
-        return key in self.records and self.records[key]["error"] is None
-
-    def _add(self, record: dict) -> None:
-        self.records[record["key"]] = record
-        self.cost_usd += record.get("cost_usd") or 0.0
-        self.tokens += record.get("prompt_tokens", 0) + record.get("completion_tokens", 0)
-
-    def append(self, record: dict) -> None:
-        self._add(record)
-        self._fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def spend(self) -> tuple[float, int]:
-        """Dollars and tokens of every call this stage has made, in all runs."""
-        return self.cost_usd, self.tokens
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-# ---- backends: the same interface online and offline -------------------------------------
-
-class ApiBackend:
-    """A teacher or judge model behind any OpenAI-compatible endpoint."""
-
-    def __init__(self, client: LLMClient):
-        self.client, self.name = client, f"llm:{client.model}"
-
-    def cost(self, result: ChatResult) -> float | None:
-        return self.client.cost_of(result)
-
-    async def run(self, jobs: list[Job]) -> AsyncIterator[tuple[Job, ChatResult]]:
-        by_params: dict[str, list[Job]] = defaultdict(list)
-        for job in jobs:
-            by_params[json.dumps(job.params, sort_keys=True)].append(job)
-        for group in by_params.values():
-            async for index, result in self.client.iter_chat([j.messages for j in group], group[0].params):
-                yield group[index], result
-
-
-class ReferenceTeacher:
-    """Offline teacher: answers from the data's reference answers; says so for anything else."""
-
-    name = "reference"
-
-    def cost(self, result: ChatResult) -> float:
-        return 0.0
-
-    def answer(self, job: Job) -> ChatResult:
-        reference = job.meta.get("reference") or ""
-        if job.kind in ("answer", "consistency") and reference:
-            return ChatResult(job.key, reference)
-        if job.kind == "critique" and reference:
-            critique = job.meta.get("reason") or "The draft does not reach the correct answer."
-            return ChatResult(job.key, json.dumps({"critique": critique, "revised": reference}))
-        return ChatResult(job.key, None, "skipped: the reference teacher has no reference answer for this prompt")
-
-    async def run(self, jobs: list[Job]) -> AsyncIterator[tuple[Job, ChatResult]]:
-        for job in jobs:
-            yield job, self.answer(job)
-
-
-class RulesJudge:
-    """Offline judge: a 1-10 score from agreement with the reference (numeric final answer for
-    math, embedding similarity otherwise). It checks agreement, not quality, and says so."""
-
-    name = "rules"
-
-    def __init__(self, embedding_model: str):
-        self.embedding_model = embedding_model
-        self._embedder = None
-
-    def cost(self, result: ChatResult) -> float:
-        return 0.0
-
-    def score(self, job: Job) -> tuple[int, str] | None:
-        response, reference = job.meta["response"], job.meta.get("reference") or ""
-        if not reference:
-            return None
-        expected = final_number(reference)
-        if job.domain == "math" and expected is not None:
-            return (10, "final answer matches the reference") if same_answer("math", response, reference) else (
-                1, f"final answer {final_number(response)} differs from the reference's {expected}")
-        if self._embedder is None:
-            self._embedder = load_embedder(self.embedding_model)
-        similarity = similarities(self._embedder, [response], [reference])[0]
-        return max(1, min(10, round(1 + 9 * similarity))), f"similarity to the reference {similarity:.2f}"
-
-    async def run(self, jobs: list[Job]) -> AsyncIterator[tuple[Job, ChatResult]]:
-        for job in jobs:
-            scored = self.score(job)
-            if scored is None:
-                yield job, ChatResult(job.key, None, "skipped: the rules judge needs a reference answer")
-            else:
-                yield job, ChatResult(job.key, json.dumps({"score": scored[0], "reason": scored[1]}))
-
-
-def make_backend(role: str, profile: str, cache_dir: Path | None, config: dict):
-    settings = endpoint_settings(role, profile=profile)
-    backend = settings.get("backend", "llm")
-    if backend == "llm":
-        return ApiBackend(LLMClient.for_role(role, profile, cache_dir=cache_dir)), settings
-    if role == "teacher" and backend == "reference":
-        return ReferenceTeacher(), settings
-    if role == "judge" and backend == "rules":
-        return RulesJudge(config["rules_judge_embedding_model"]), settings
-    raise UserError(f"eval_configs/endpoints.yml: backend {backend!r} is not available for the {role}")
 
 
 # ---- building the jobs ------------------------------------------------------------------
@@ -322,47 +156,6 @@ def parse_score(text: str | None) -> tuple[int | None, str]:
     if score is None or not 1 <= score <= 10:
         return None, f"unparsed judge output: {(text or '')[:200]!r}"
     return score, str(parsed.get("reason", ""))
-
-
-# ---- running jobs against a backend, resumably -------------------------------------------
-
-def run_jobs(backend, jobs: list[Job], log: CallLog, config: dict, desc: str) -> None:
-    """Make every call not yet in the log, appending each result as it returns."""
-    # Identical requests share a key and one call (two new examples can earn the same judge prompt).
-    pending = list({job.key: job for job in jobs if not log.done(job.key)}.values())
-    budget_usd, budget_tokens = config["budget"].get("usd"), config["budget"].get("tokens")
-
-    def over_budget() -> str | None:
-        cost, tokens = log.spend()
-        if budget_usd is not None and cost >= budget_usd:
-            return f"${cost:.4f} spent of the ${budget_usd:g} budget"
-        if budget_tokens is not None and tokens >= budget_tokens:
-            return f"{tokens:,} tokens used of the {budget_tokens:,} budget"
-        return None
-
-    if pending and (reason := over_budget()):
-        raise BudgetReached(reason)
-    total = len({job.key for job in jobs})
-    bar = tqdm(total=total, initial=total - len(pending), desc=desc, unit="call", dynamic_ncols=True)
-
-    async def drive():
-        async for job, result in backend.run(pending):
-            log.append({"key": job.key, "kind": job.kind, "cluster_id": job.cluster_id, "backend": backend.name,
-                        "text": result.text, "error": result.error, "prompt_tokens": result.prompt_tokens,
-                        "completion_tokens": result.completion_tokens, "cost_usd": backend.cost(result)})
-            cost, _ = log.spend()
-            bar.set_postfix_str(f"${cost:.4f}", refresh=False)
-            bar.update()
-            if reason := over_budget():
-                return reason  # leaving the loop cancels the calls not yet started
-        return None
-
-    try:
-        reason = asyncio.run(drive())
-    finally:
-        bar.close()
-    if reason and any(job.key not in log.records for job in jobs):
-        raise BudgetReached(reason)
 
 
 # ---- from results to training records ----------------------------------------------------
@@ -508,44 +301,42 @@ def distill(profile: str, clusters_dir: Path, curated: Path, out: Path, config_p
     teacher_params = {k: teacher_settings[k] for k in ("temperature", "max_tokens") if k in teacher_settings}
     judge_params = {k: judge_settings[k] for k in ("temperature", "max_tokens") if k in judge_settings}
     builder = teacher_jobs if config["mode"] == "teacher" else consistency_jobs
-    teacher_model = teacher_settings.get("model") if teacher_settings.get("backend", "llm") == "llm" else "reference"
-    jobs = [job.keyed(teacher_model) for job in builder(clusters, members, config, teacher_params)]
+    jobs = builder(clusters, members, config, teacher_params)
     if estimate_only:
         return {"estimate": estimate(jobs, config, teacher_settings, judge_settings)}
 
-    teacher, _ = make_backend("teacher", profile, out / "cache", config)
-    log = CallLog(out / "calls.jsonl")
-    try:
+    teacher = make_backend("teacher", profile, out / "cache", config)
+    for job in jobs:
+        job.keyed(teacher.model)
+    # Held until the outputs are written: a rerun waiting for this run then finds them final.
+    with CallLog(out / "calls.jsonl") as log:
         run_jobs(teacher, jobs, log, config, "teacher")
         if config["mode"] == "teacher":
-            judge, _ = make_backend("judge", profile, out / "cache", config)
+            judge = make_backend("judge", profile, out / "cache", config)
             examples, rejected = collect_teacher(jobs, log)
-            judge_model = judge_settings.get("model") if judge.name.startswith("llm") else judge.name
-            score_jobs = {job.key: score_job(job, example, judge_params).keyed(judge_model) for job, example in examples}
+            score_jobs = {job.key: score_job(job, example, judge_params).keyed(judge.model) for job, example in examples}
             run_jobs(judge, list(score_jobs.values()), log, config, "judge")
             kept, judged_out = build_from_teacher(examples, score_jobs, log, config, teacher.name)
             rejected += judged_out
             agreement = None
         else:
             kept, rejected, agreement = build_from_consistency(jobs, log, config, teacher.name)
-    finally:
-        log.close()
 
-    train, val, stats = mix(kept, Path(curated), config)
-    cost, tokens = CallLog(out / "calls.jsonl").spend()
-    kept_by = lambda key: dict(sorted(Counter(str(r["meta"][key]) for r in kept).items()))
-    figures = {**stats, "teacher_calls": len(jobs), "kept_examples": len(kept), "rejected": len(rejected),
-               "rejected_by_reason": dict(Counter(r["reason"].split(":")[0] for r in rejected)),
-               "kept_by_cluster": kept_by("cluster_id"), "kept_by_kind": kept_by("kind"),
-               "kept_by_direction": kept_by("direction"),
-               "mix_by_source": dict(sorted(Counter(r["source"] for r in train + val).items())),
-               "spend_usd": round(cost, 6), "tokens": tokens, "agreement_by_domain": agreement}
-    write_jsonl_atomic(out / "rejected.jsonl", sorted(rejected, key=lambda r: r["key"]))
-    write_jsonl_atomic(out / "val.jsonl", val)
-    write_jsonl_atomic(out / "train.jsonl", train)
-    write_manifest(out, "distill_1c", {"clusters": Path(clusters_dir) / "clusters.json", "curated": curated,
-                                        "config": config_path},
-                   {"profile": profile, "teacher": teacher.name, **config}, figures, started)
+        train, val, stats = mix(kept, Path(curated), config)
+        cost, tokens = log.spend()
+        kept_by = lambda key: dict(sorted(Counter(str(r["meta"][key]) for r in kept).items()))
+        figures = {**stats, "teacher_calls": len(jobs), "kept_examples": len(kept), "rejected": len(rejected),
+                   "rejected_by_reason": dict(Counter(r["reason"].split(":")[0] for r in rejected)),
+                   "kept_by_cluster": kept_by("cluster_id"), "kept_by_kind": kept_by("kind"),
+                   "kept_by_direction": kept_by("direction"),
+                   "mix_by_source": dict(sorted(Counter(r["source"] for r in train + val).items())),
+                   "spend_usd": round(cost, 6), "tokens": tokens, "agreement_by_domain": agreement}
+        write_jsonl_atomic(out / "rejected.jsonl", sorted(rejected, key=lambda r: r["key"]))
+        write_jsonl_atomic(out / "val.jsonl", val)
+        write_jsonl_atomic(out / "train.jsonl", train)
+        write_manifest(out, "distill_1c", {"clusters": Path(clusters_dir) / "clusters.json", "curated": curated,
+                                            "config": config_path},
+                       {"profile": profile, "teacher": teacher.name, **config}, figures, started)
     return figures
 
 
