@@ -66,17 +66,54 @@ def test_not_a_model_folder(tmp_path):
         check_model_dir(tmp_path)
 
 
-def test_gates():
-    suite = {"tasks": [{"task": "a", "gate": {"metric": "m", "min": 0.5, "max_drop": 0.02}},
-                       {"task": "b", "gate": {"metric": "m", "min": 0.1}},
-                       {"task": "c", "gate": {"metric": "m", "min": 0.1}}]}
-    rows = [{"task": "a", "score": 0.60, "status": "ok"}, {"task": "b", "score": 0.2, "status": "ok"},
-            {"task": "c", "score": None, "status": "not run: code"}]
-    assert apply_gates(rows, suite, {"a": 0.61}) == "INCOMPLETE"
-    assert [r["verdict"] for r in rows] == ["pass", "pass", "not run"]
-    assert rows[0]["delta"] == pytest.approx(-0.01)
-    assert apply_gates(rows, suite, {"a": 0.65}) == "FAIL"  # 0.60 < 0.65 - 0.02
-    assert rows[0]["verdict"] == "fail"
+# A suite whose gates pass or fail depending on the score: a floor, a floor plus an allowed
+# drop below the baseline, a code task that may not run, and a task without a gate.
+GATED_SUITE = """\
+tasks:
+  - {task: tiny_gsm8k_cot_llama, gate: {metric: "exact_match,strict-match", min: 0.5}}
+  - {task: tiny_mmlu_llama, gate: {metric: "exact_match,strict_match", min: 0.25, max_drop: 0.05}}
+  - {task: tiny_humaneval_instruct, gate: {metric: "pass_at_1,create_test", min: 0.1}}
+  - {task: gsm8k_cot_llama}
+"""
+
+
+def gated_rows(gsm8k, mmlu, humaneval=0.2, humaneval_status="ok"):
+    return [{"task": "tiny_gsm8k_cot_llama", "score": gsm8k, "status": "ok"},
+            {"task": "tiny_mmlu_llama", "score": mmlu, "status": "ok"},
+            {"task": "tiny_humaneval_instruct", "score": humaneval if humaneval_status == "ok" else None,
+             "status": humaneval_status},
+            {"task": "gsm8k_cot_llama", "score": 0.0, "status": "ok"}]
+
+
+@pytest.mark.parametrize("scores, baseline, verdicts, verdict", [
+    # every score on its floor, mmlu exactly max_drop below its baseline: all pass
+    ((0.5, 0.30), {"tiny_mmlu_llama": 0.35}, ["pass", "pass", "pass", "no gate"], "PASS"),
+    ((0.49, 0.30), {"tiny_mmlu_llama": 0.35}, ["fail", "pass", "pass", "no gate"], "FAIL"),   # under min
+    ((0.5, 0.29), {"tiny_mmlu_llama": 0.35}, ["pass", "fail", "pass", "no gate"], "FAIL"),    # dropped too far
+    ((0.5, 0.29), None, ["pass", "pass", "pass", "no gate"], "PASS"),  # no baseline: the floor alone
+    ((0.5, 0.24), None, ["pass", "fail", "pass", "no gate"], "FAIL"),
+    ((0.5, 0.30, 0.0), None, ["pass", "pass", "fail", "no gate"], "FAIL"),
+    # a gate that could not be evaluated never passes; a failed one outranks it
+    ((0.5, 0.30, None, "not run: code"), None, ["pass", "pass", "not run", "no gate"], "INCOMPLETE"),
+    ((0.0, 0.30, None, "not run: code"), None, ["fail", "pass", "not run", "no gate"], "FAIL"),
+])
+def test_gates_pass_and_fail_on_known_scores(tmp_path, manager, scores, baseline, verdicts, verdict):
+    path = tmp_path / "suite.yml"
+    path.write_text(GATED_SUITE)
+    suite = load_suite(path, manager)
+    rows = gated_rows(*scores)
+    assert apply_gates(rows, suite, baseline) == verdict
+    assert [r["verdict"] for r in rows] == verdicts
+
+
+def test_gate_rows_say_their_threshold_and_delta(tmp_path, manager):
+    path = tmp_path / "suite.yml"
+    path.write_text(GATED_SUITE)
+    rows = gated_rows(0.5, 0.29)
+    apply_gates(rows, load_suite(path, manager), {"tiny_mmlu_llama": 0.35, "tiny_gsm8k_cot_llama": 0.6})
+    assert rows[0]["threshold"] == ">= 0.5" and rows[0]["delta"] == pytest.approx(-0.1)
+    assert rows[1]["threshold"] == ">= 0.25 and >= baseline - 0.05 (0.3000)" and rows[1]["baseline"] == 0.35
+    assert rows[1]["delta"] == pytest.approx(-0.06) and rows[3]["threshold"] == "none"
 
 
 def test_humaneval_metric_runs_the_package_tests(monkeypatch):
@@ -95,10 +132,12 @@ def test_humaneval_metric_runs_the_package_tests(monkeypatch):
 
 
 @pytest.mark.slow
-def test_tiny_suite_end_to_end_with_baseline(tiny_base, tmp_path, monkeypatch):
+def test_tiny_suite_end_to_end_with_baseline(tiny_base, tmp_path, monkeypatch, manager):
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
     first = evaluate(tiny_base, SUITES_DIR / "tiny_1a.yml", tmp_path / "eval" / "base", allow_code=True)
     out = tmp_path / "eval" / "base"
+    # tiny_1a.yml's floors are 0 (the random model scores near 0): PASS here says that every
+    # task ran and produced its gated metric, which is all that suite checks.
     assert first["verdict"] == "PASS"
     assert [r["status"] for r in first["rows"]] == ["ok"] * 3
     assert all(isinstance(r["score"], float) for r in first["rows"])
@@ -108,18 +147,37 @@ def test_tiny_suite_end_to_end_with_baseline(tiny_base, tmp_path, monkeypatch):
     assert (out / "summary.md").read_text().count("| pass |") == 3
     assert json.loads((out / "manifest.json").read_text())["stage"] == "eval"
 
-    # without the opt-in the code task is not run and the gate cannot pass; a previous
-    # evaluation folder serves as the baseline
+    # The gates on the scores this run measured: a floor at a score passes, one just above fails.
+    scores = {r["task"]: r["score"] for r in first["rows"]}
+    suite = load_suite(SUITES_DIR / "tiny_1a.yml", manager)
+    for entry in suite["tasks"]:
+        entry["gate"]["min"] = scores[entry["task"]]
+    rows = [dict(r) for r in first["rows"]]
+    assert apply_gates(rows, suite, None) == "PASS" and [r["verdict"] for r in rows] == ["pass"] * 3
+    suite["tasks"][1]["gate"]["min"] = scores["tiny_mmlu_llama"] + 0.01
+    assert apply_gates(rows, suite, None) == "FAIL" and [r["verdict"] for r in rows] == ["pass", "fail", "pass"]
+
+    # A gate the tiny model cannot meet (every mmlu answer right) fails the run, whatever else
+    # passes; without the opt-in the code task is not run; a previous evaluation folder serves
+    # as the baseline.
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL")
     suite = tmp_path / "suite.yml"
     suite.write_text("model: {dtype: float32, device: cpu, batch_size: 2}\ntasks:\n"
                      "  - {task: tiny_gsm8k_cot_llama, num_fewshot: 0, limit: 2, "
                      "gate: {metric: 'exact_match,strict-match', min: 0.0, max_drop: 0.5}}\n"
-                     "  - {task: tiny_humaneval_instruct, limit: 2, gate: {metric: 'pass_at_1,create_test', min: 0.0}}\n")
+                     "  - {task: tiny_mmlu_llama, num_fewshot: 0, limit: 4, "
+                     "gate: {metric: 'exact_match,strict_match', min: 1.0}}\n"
+                     "  - {task: tiny_humaneval_instruct, limit: 2, "
+                     "gate: {metric: 'pass_at_1,create_test', min: 0.0}}\n")
     second = evaluate(tiny_base, suite, tmp_path / "eval" / "again", baseline=out)
-    assert second["verdict"] == "INCOMPLETE"
     assert second["rows"][0]["baseline"] == first["rows"][0]["score"]
-    assert second["rows"][1]["status"].startswith("not run") and second["rows"][1]["verdict"] == "not run"
+    assert second["rows"][1]["score"] < 1.0
+    assert second["rows"][2]["status"].startswith("not run")
+    assert [r["verdict"] for r in second["rows"]] == ["pass", "fail", "not run"]
+    assert second["verdict"] == "FAIL"
+    again = tmp_path / "eval" / "again"
+    assert "gate verdict: **FAIL**" in (again / "summary.md").read_text()
+    assert json.loads((again / "manifest.json").read_text())["figures"]["verdict"] == "FAIL"
     with pytest.raises(UserError, match="HF_ALLOW_CODE_EVAL=1"):
         evaluate(tiny_base, suite, tmp_path / "eval" / "x", allow_code=True)
     assert not (tmp_path / "eval" / "x").exists()

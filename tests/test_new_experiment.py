@@ -1,5 +1,9 @@
 """`make new-experiment`: a copy that trains into its own folder, every other line intact."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,7 +48,28 @@ def test_existing_name_and_bad_name_are_refused(dest):
         new_experiment(SOURCE, "../escape", dest)
 
 
-def test_edited_copy_trains_with_the_edit(dest):
-    target = new_experiment(SOURCE, "lr_low", dest)
-    target.write_text(target.read_text().replace("learning_rate: 0.001", "learning_rate: 0.0001"))
-    assert validate(target)["learning_rate"] == 0.0001
+def test_edited_copy_trains_with_the_edit(dest, tmp_path, tiny_config, tiny_base):
+    """The workflow the header of a copy describes: copy, edit a number, train. The source is
+    the tiny 1A config pointed at the test's base model and the bundled data, so the copy trains
+    into tmp_path; Axolotl trains it for real (CPU, a few steps) and the run shows both edits."""
+    source = tiny_config(tiny_base, tmp_path / "runs" / "1a_base_sft")
+    target = new_experiment(source, "short_low_lr", dest)
+    text = target.read_text()
+    assert "max_steps: 10\n" in text and "learning_rate: 0.001\n" in text
+    target.write_text(text.replace("max_steps: 10\n", "max_steps: 3\n")
+                      .replace("learning_rate: 0.001\n", "learning_rate: 0.0002\n"))
+    cfg = validate(target, for_training=True)
+    run = Path(cfg["output_dir"])
+    assert run == tmp_path / "runs" / "experiments" / "short_low_lr"
+
+    bin_dir = Path(sys.executable).parent  # `axolotl train` launches `accelerate` by name
+    result = subprocess.run([sys.executable, "-m", "glue.train.axolotl_run", "axolotl", "train", str(target)],
+                            cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (run / "adapter_config.json").is_file()
+    state = json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["max_steps"] == 3 and state["global_step"] == 3
+    rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    # the config's cosine schedule (no warmup) from the edited peak over the edited 3 steps
+    assert rates == pytest.approx([0.0002, 0.0002 * 0.75, 0.0002 * 0.25]), rates

@@ -1,5 +1,11 @@
-"""What a user types: `make train` and `make merge` on a tiny config, for real (Axolotl on CPU)."""
+"""What a user types: `make train` and `make merge` on a tiny config, for real (Axolotl on CPU).
 
+The targets depend on the training environment's setup stamp (.venv/.installed-<hash of
+requirements.txt>); a stale or missing stamp would start `pip install` in the middle of a test.
+`make -o STAMP` treats the stamp as up to date, so these tests run the targets' own commands
+in the environment as it is, and never set it up."""
+
+import hashlib
 import json
 import shutil
 import subprocess
@@ -8,11 +14,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The Makefile's STAMP: $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
+STAMP = f".venv/.installed-{hashlib.sha256((ROOT / 'requirements.txt').read_bytes()).hexdigest()[:16]}"
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args, "PROFILE=tiny"], cwd=ROOT,
+    return subprocess.run(["make", "--no-print-directory", "-o", STAMP, *args, "PROFILE=tiny"], cwd=ROOT,
                           capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("target", ["train", "merge"])
+def test_targets_run_without_setting_up(target, tmp_path):
+    """With requirements.txt taken as just edited (`-W`), plain make would set .venv up again
+    before the target's commands; with `-o STAMP` (this module's make) it runs them alone. A
+    dry run (`-n`) shows both without running anything."""
+    args = ["-n", "-W", "requirements.txt", target, f"CONFIG={tmp_path / 'cfg.yml'}"]
+    command = f"glue.train.{'validate_config' if target == 'train' else 'merge'}"
+    plain = subprocess.run(["make", "--no-print-directory", *args, "PROFILE=tiny"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert plain.returncode == 0 and "pip install" in plain.stdout and command in plain.stdout, plain.stderr
+    result = make(*args)
+    assert result.returncode == 0 and command in result.stdout, result.stderr
+    assert "pip" not in result.stdout and "setup:" not in result.stdout, result.stdout
 
 
 def losses(checkpoint: Path) -> list[float]:
@@ -33,7 +56,8 @@ def test_train_learns_resumes_refuses_a_finished_run_and_merges(tmp_path, tiny_c
     assert len(history) == 10 and sum(history[-3:]) < sum(history[:3]), history
 
     refused = make("train", f"CONFIG={config}")
-    assert refused.returncode != 0 and "already holds a finished run" in refused.stderr
+    # validate_config runs through glue.train.axolotl_run, which merges stderr into stdout
+    assert refused.returncode != 0 and "already holds a finished run" in refused.stdout + refused.stderr
 
     # An interrupted run (checkpoint-5 only, no final adapter) continues where it stopped.
     shutil.rmtree(run / "checkpoint-10")

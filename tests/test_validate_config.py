@@ -54,12 +54,36 @@ def test_missing_config_file_says_how_to_get_one(tmp_path):
 
 
 def test_missing_dataset_and_base_model_are_named(tmp_path):
-    path = _edited(tmp_path, "path: work/tiny/data/train.jsonl", "path: tests/fixtures/sft/missing.jsonl")
+    """Independent of work/: the config names a base model and datasets under tmp_path and in
+    tests/fixtures, missing or present as each case needs."""
+    base = tmp_path / "tiny" / "base_model"
+    fixtures = ROOT / "tests" / "fixtures" / "sft"
+
+    def config(train: Path) -> Path:
+        text = (ROOT / "axolotl_configs/tiny/1a_base_sft.yml").read_text()
+        for old, new in (("base_model: work/tiny/base_model", f"base_model: {base}"),
+                         ("path: work/tiny/data/train.jsonl", f"path: {train}"),
+                         ("path: work/tiny/data/val.jsonl", f"path: {fixtures / 'val.jsonl'}")):
+            assert old in text
+            text = text.replace(old, new)
+        path = tmp_path / "cfg.yml"
+        path.write_text(text)
+        return path
+
+    path = config(fixtures / "missing.jsonl")
     with pytest.raises(UserError) as err:
         vc.validate(path, for_training=True)
-    assert "datasets file not found: tests/fixtures/sft/missing.jsonl (check the path)" in str(err.value)
-    if not (ROOT / "work/tiny/base_model").is_dir():
-        assert "base_model folder not found: work/tiny/base_model (build it with `make tiny-model`)" in str(err.value)
+    assert f"{path} is not valid (2 problem(s))" in str(err.value)
+    assert f"datasets file not found: {fixtures / 'missing.jsonl'} (check the path)" in str(err.value)
+    assert f"base_model folder not found: {base} (build it with `make tiny-model`)" in str(err.value)
+
+    base.mkdir(parents=True)  # the base model is there: only the dataset is reported
+    with pytest.raises(UserError) as err:
+        vc.validate(path, for_training=True)
+    assert f"{path} is not valid (1 problem(s))" in str(err.value)
+    assert "base_model folder not found" not in str(err.value)
+
+    assert vc.validate(config(fixtures / "train.jsonl"), for_training=True)["base_model"] == str(base)
 
 
 def test_gpu_only_config_on_cpu_says_use_tiny(monkeypatch):

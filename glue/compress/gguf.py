@@ -208,9 +208,12 @@ def lm_eval_model(path: Path, max_length: int = 8192, threads: int = 2):
     metadata = Llama(model_path=str(path), vocab_only=True, verbose=False).metadata
     trained = metadata.get(f"{metadata.get('general.architecture', 'llama')}.context_length")
     max_length = min(max_length, int(trained)) if trained else max_length
-    # One spare slot: on back-to-back requests that fill the whole context (the tiny gsm8k task of
-    # `make demo`), llama-cpp-python 0.3.36 failed the 9th with "failed to find a memory slot";
-    # with one more slot it does not (the cause inside llama-cpp-python was not pinned down).
+    # Context beyond the trained length: llama-cpp-python 0.3.36 does not stop at max_tokens while
+    # the text ends inside a UTF-8 character, so an answer that reaches the limit on a character's
+    # lead byte runs on for its continuation bytes and needs more cells than the prompt and
+    # max_tokens fill ("failed to find a memory slot" on `make demo`'s 9th full-context gsm8k
+    # request). llama.cpp rounds the context up to a multiple of 256, so the one cell asked for
+    # here buys up to 255 (tests/compress/test_gguf.py reproduces the failure without it).
     llm = load_gguf(path, max_length + 1, threads, logits_all=False)
     template = llm.metadata.get("tokenizer.chat_template")
     special = {name: llm.detokenize([token], special=True).decode(errors="replace") if token >= 0 else ""
