@@ -22,8 +22,8 @@ PYTHON_BASE ?= python3.11
 VENV := .venv
 VENV_COMPRESS := .venv-compress
 PY := $(VENV)/bin/python
-# Commands that load Axolotl run through this filter: it drops the known torch/torchao noise
-# lines (listed in glue/train/axolotl_run.py) and nothing else.
+# Commands that load Axolotl or torchao (transformers in .venv does) run through this filter: it
+# drops the known torch/torchao noise lines (listed in glue/train/axolotl_run.py) and nothing else.
 QUIET := $(PY) -m glue.train.axolotl_run
 WORK := work/$(PROFILE)
 CONFIGS := axolotl_configs/$(PROFILE)
@@ -196,6 +196,22 @@ new-experiment: $(STAMP) ## copy a config to axolotl_configs/experiments/NAME.ym
 	@[ -n "$(FROM)" ] && [ -n "$(NAME)" ] || { echo "error: usage: make new-experiment FROM=<config> NAME=<name>" >&2; exit 2; }
 	$(PY) -m glue.train.new_experiment $(FROM) $(NAME)
 
+# ---- experiments side by side ---------------------------------------------------------------
+#: SET  sweep: the values to try, "key=v1,v2 key=v1,v2" (one experiment copy per combination)
+SET ?=
+#: SWEEP  sweep: the copies' name prefix (default: FROM's file name)
+SWEEP ?=
+#: MATCH  experiments: only runs whose folder under work/<profile>/ matches this glob (table and plot), e.g. 'experiments/*'
+MATCH ?=
+
+.PHONY: experiments sweep
+experiments: $(STAMP) ## every training run under work/<profile>/ side by side: changes, status, losses, eval, loss plot [MATCH=glob] (always rebuilds)
+	$(PY) -m glue.train.experiments --work $(WORK) --out $(WORK)/experiments_report $(if $(MATCH),--match '$(MATCH)')
+
+sweep: $(STAMP) $(BASE_DEPS) ## train one experiment per combination: make sweep FROM=... SET="learning_rate=1e-4,2e-4" [SWEEP=name] (a rerun resumes)
+	@[ -n "$(FROM)" ] && [ -n "$(SET)" ] || { echo 'error: usage: make sweep FROM=<config> SET="key=v1,v2 ..." [SWEEP=name]' >&2; exit 2; }
+	$(QUIET) $(PY) -m glue.train.sweep $(FROM) --set '$(SET)' $(if $(SWEEP),--name $(SWEEP))
+
 # ---- evaluation and Phase 1B ------------------------------------------------------------
 #: MODEL  a model folder (or GGUF file) for eval, failures-1b, compress, gguf, calibrate
 MODEL ?=
@@ -216,10 +232,10 @@ CODE_ENV := $(if $(filter 1,$(ALLOW_CODE_EVAL)),HF_ALLOW_CODE_EVAL=1)
 CODE_FLAG := $(if $(filter 1,$(ALLOW_CODE_EVAL)),--allow-code-exec)
 
 # Every evaluation goes through this one recipe: $(call evaluate,python,model,output name,baseline folder)
-evaluate = $(CODE_ENV) $(1) -m glue.eval.evaluate --model $(2) --suite $(SUITE) --out $(WORK)/eval/$(3) \
+evaluate = $(CODE_ENV) $(QUIET) $(1) -m glue.eval.evaluate --model $(2) --suite $(SUITE) --out $(WORK)/eval/$(3) \
 	$(if $(4),--baseline $(4)) $(CODE_FLAG) $(if $(filter 1,$(STRICT)),--strict) --overwrite
 # The student answers the held-out prompts, judged: $(call failures,model,output folder)
-failures = $(CODE_ENV) $(PY) -m glue.eval.failures --model $(1) --profile $(PROFILE) --out $(2) \
+failures = $(CODE_ENV) $(QUIET) $(PY) -m glue.eval.failures --model $(1) --profile $(PROFILE) --out $(2) \
 	$(if $(PROMPTS),--prompts $(PROMPTS)) $(CODE_FLAG) --overwrite
 
 eval-1a: $(STAMP) ## benchmark gate on the merged 1A model [BASELINE=dir] [ALLOW_CODE_EVAL=1] [STRICT=1] (always rebuilds)
@@ -231,7 +247,7 @@ eval: $(STAMP) ## benchmark any model: make eval MODEL=dir [NAME=name] [BASELINE
 
 failures-1b: $(STAMP) ## Phase 1B: judge the 1A model on held-out prompts, cluster and label its failures (always rebuilds)
 	$(call failures,$(or $(MODEL),$(MERGED_1A)),$(WORK)/1b_failures)
-	$(PY) -m glue.eval.cluster --failures $(WORK)/1b_failures/failures.jsonl --profile $(PROFILE) \
+	$(QUIET) $(PY) -m glue.eval.cluster --failures $(WORK)/1b_failures/failures.jsonl --profile $(PROFILE) \
 	    --out $(WORK)/1b_clusters --overwrite
 
 # ---- Phase 1C ------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Run a command that loads Axolotl with its known noise dropped from the output, so the useful
-lines are what a person sees: `python -m glue.train.axolotl_run axolotl train cfg.yml`.
+"""Run a command that loads Axolotl or torchao with its known noise dropped from the output, so
+the useful lines are what a person sees: `python -m glue.train.axolotl_run axolotl train cfg.yml`.
 
-Dropped are only the lines listed in NOISE, which every Axolotl call printed here before its
-first useful line and which ask nothing of the user: torch's `_pytree` notes that torchao
+Dropped are only the lines listed in NOISE, which every Axolotl call (and every .venv stage that
+imports transformers, which loads torchao there) printed here before its first useful line and which ask nothing of the user: torch's `_pytree` notes that torchao
 registers enums the old way, and torchao's failures to load CUDA-only kernels (mxfp8,
 cutlass) on a CPU host. Everything else passes through unchanged and at once, progress bars
 included (a segment ends at a newline or a carriage return). The exit status is the command's.

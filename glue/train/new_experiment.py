@@ -1,6 +1,7 @@
 """Copy an Axolotl config into a new experiment: axolotl_configs/experiments/<name>.yml,
 with its own output_dir and run name, so two experiments never write into one folder.
-The copy keeps every line and comment of the original; only those two values change.
+The copy keeps every line and comment of the original; only those two values change, and any
+keys a caller sets (`make sweep` writes each combination's values this way).
 """
 
 from __future__ import annotations
@@ -14,19 +15,31 @@ import yaml
 
 from glue.core.io import UserError, run_cli, write_text_atomic
 from glue.core.paths import ROOT
+from glue.train.render import yaml_scalar
 from glue.train.validate_config import load_config
 
 EXPERIMENTS = ROOT / "axolotl_configs" / "experiments"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The first line of every copy; `copied_from` reads it back (the experiments table diffs against it).
+HEADER = "# Experiment `{name}`: copied from {source} by `{made_by}` on {date}.\n"
+COPIED_FROM = re.compile(r"^# Experiment `[^`]+`: copied from (.+?) by `make [a-z-]+` on ", re.MULTILINE)
 
 
-def _set_key(text: str, key: str, value: str) -> str:
-    """Replace a top-level `key: ...` line (keeping a trailing comment) or append one."""
-    pattern = re.compile(rf"^{re.escape(key)}:[^#\n]*(#.*)?$", re.MULTILINE)
-    line = f"{key}: {value}"
-    if pattern.search(text):
-        return pattern.sub(lambda m: line + (f"  {m.group(1)}" if m.group(1) else ""), text, count=1)
+def _set_key(text: str, key: str, value: str, comment: str | None = None) -> str:
+    """Replace a top-level `key: ...` line (keeping its trailing comment unless `comment` is
+    given) or append one."""
+    match = re.search(rf"^{re.escape(key)}:[^#\n]*(#.*)?$", text, re.MULTILINE)
+    trailing = f"# {comment}" if comment else match and match.group(1)
+    line = f"{key}: {value}" + (f"  {trailing}" if trailing else "")
+    if match:
+        return text[:match.start()] + line + text[match.end():]
     return text.rstrip("\n") + f"\n{line}\n"
+
+
+def copied_from(text: str) -> str | None:
+    """The config an experiment copy's header says it was copied from (None: not a copy)."""
+    match = COPIED_FROM.search(text)
+    return match.group(1) if match else None
 
 
 def display_path(path: Path) -> Path:
@@ -54,7 +67,10 @@ def output_dirs_in_use(root: Path, exclude: Path) -> dict[str, Path]:
     return used
 
 
-def new_experiment(source: str | Path, name: str, dest_root: Path = EXPERIMENTS, overwrite: bool = False) -> Path:
+def new_experiment(source: str | Path, name: str, dest_root: Path = EXPERIMENTS, overwrite: bool = False,
+                   changes: dict[str, str] | None = None, made_by: str = "make new-experiment") -> Path:
+    """Write the copy; `changes` maps top-level keys to YAML values written into it, each line
+    saying what the source had, so the file stays the record of what was changed."""
     source = Path(source)
     if not NAME.match(name or ""):
         raise UserError(f"experiment name {name!r} must be letters, digits, `_`, `.` or `-` (e.g. 1a_lr1e-4)")
@@ -74,9 +90,14 @@ def new_experiment(source: str | Path, name: str, dest_root: Path = EXPERIMENTS,
     lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
     while lines and lines[0].startswith("#"):
         lines.pop(0)
-    header = (f"# Experiment `{name}`: copied from {source} by `make new-experiment` on "
-              f"{time.strftime('%Y-%m-%d')}.\n# Edit freely; train it with `make train CONFIG={shown}`.\n")
+    header = (HEADER.format(name=name, source=source, made_by=made_by, date=time.strftime('%Y-%m-%d'))
+              + (f"# Set by `{made_by}`: {', '.join(changes)} (each line says what the source had).\n"
+                 if changes else "")
+              + f"# Edit freely; train it with `make train CONFIG={shown}`.\n")
     text = _set_key(_set_key("".join(lines), "output_dir", output_dir), "wandb_name", name)
+    for key, value in (changes or {}).items():
+        was = f"was {yaml_scalar(cfg[key])}" if key in cfg else "not set"
+        text = _set_key(text, key, value, comment=f"{made_by}; {was} in {source.name}")
     write_text_atomic(target, header + text)
     return target
 
