@@ -30,6 +30,10 @@ def test_copy_gets_its_own_output_dir_and_run_name(dest):
         {k: v for k, v in original.items() if k not in ("output_dir", "wandb_name")}
     assert target.read_text().startswith("# Experiment `lr_high`: copied from")
     assert "# Axolotl's Triton LoRA kernels hard-code CUDA" in target.read_text()  # comments kept
+    lines = target.read_text().splitlines()
+    # The new values were not set by templates/: their lines no longer name a template key.
+    assert "output_dir: work/tiny/experiments/lr_high" in lines and "wandb_name: lr_high" in lines
+    assert "learning_rate: 1.0e-3  # templates/profiles/tiny.yml: stages.1a_base_sft.learning_rate" in lines
     validate(target)
 
 
@@ -55,9 +59,9 @@ def test_edited_copy_trains_with_the_edit(dest, tmp_path, tiny_config, tiny_base
     source = tiny_config(tiny_base, tmp_path / "runs" / "1a_base_sft")
     target = new_experiment(source, "short_low_lr", dest)
     text = target.read_text()
-    assert "max_steps: 10\n" in text and "learning_rate: 0.001\n" in text
-    target.write_text(text.replace("max_steps: 10\n", "max_steps: 3\n")
-                      .replace("learning_rate: 0.001\n", "learning_rate: 0.0002\n"))
+    assert "\nmax_steps: 10  #" in text and "\nlearning_rate: 1.0e-3  #" in text
+    target.write_text(text.replace("\nmax_steps: 10  #", "\nmax_steps: 3  #")
+                      .replace("\nlearning_rate: 1.0e-3  #", "\nlearning_rate: 0.0002  #"))
     cfg = validate(target, for_training=True)
     run = Path(cfg["output_dir"])
     assert run == tmp_path / "runs" / "experiments" / "short_low_lr"

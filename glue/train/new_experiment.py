@@ -26,10 +26,12 @@ COPIED_FROM = re.compile(r"^# Experiment `[^`]+`: copied from (.+?) by `make [a-
 
 
 def _set_key(text: str, key: str, value: str, comment: str | None = None) -> str:
-    """Replace a top-level `key: ...` line (keeping its trailing comment unless `comment` is
-    given) or append one."""
+    """Replace a top-level `key: ...` line or append one. A trailing comment is kept unless
+    `comment` replaces it or it is a rendered file's provenance (`# templates/...`), which no
+    longer holds for the new value."""
     match = re.search(rf"^{re.escape(key)}:[^#\n]*(#.*)?$", text, re.MULTILINE)
-    trailing = f"# {comment}" if comment else match and match.group(1)
+    kept = match and match.group(1) and not match.group(1).startswith("# templates/") and match.group(1)
+    trailing = f"# {comment}" if comment else kept
     line = f"{key}: {value}" + (f"  {trailing}" if trailing else "")
     if match:
         return text[:match.start()] + line + text[match.end():]

@@ -1,24 +1,40 @@
 """Render every training stage's Axolotl YAML from templates/ into axolotl_configs/<profile>/.
 
 Values come from three places, later ones winning: the profile (templates/profiles/<p>.yml),
-the stage (templates/stages.yml, whose strings may use {{ profile values }}), and the
-profile's own `stages.<stage>` numbers. Templates use StrictUndefined: a value a template
-needs but nobody set is an error naming the template and the value, never an empty string.
+the stage (templates/stages.yml `values:`, whose strings may use {{ profile values }}), and the
+profile's own `stages.<stage>` block. A template writes each such key as
+`key: {{ value("name") }}`, which renders the value with a trailing comment naming the file and
+key that set it, so whoever reads a rendered file finds the line to edit in one step. Numbers
+keep their source spelling (`2.0e-4`, not `0.0002`) so that grep finds both ends. Templates use
+StrictUndefined: a value a template needs but nobody set is an error naming the template and
+the value, never an empty string.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import yaml
 
 from glue.core.io import UserError, load_yaml, run_cli, write_text_atomic
-from glue.core.paths import ROOT, TEMPLATES, load_profile, profile_names
+from glue.core.paths import ROOT, TEMPLATES, load_profile, profile_names, relative
 
 OUT = ROOT / "axolotl_configs"
+NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A value a template renders with, and where it was set."""
+
+    value: Any
+    origin: str  # "<file>: <dotted key>"
+    text: str  # the value as a YAML scalar
 
 
 def yaml_scalar(value) -> str:
@@ -27,18 +43,33 @@ def yaml_scalar(value) -> str:
     return text[: -len("...")].strip() if text.endswith("...") else text
 
 
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+def read_source(path: Path) -> tuple[Any, dict[str, str]]:
+    """A YAML file's data, and the text of each number in it by dotted key: loading turns
+    `2.0e-4` into 0.0002, and the rendered file should say what its source says."""
+    data = load_yaml(path)
+    spelled: dict[str, str] = {}
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, child in node.value:
+                walk(child, f"{key}.{key_node.value}" if key else key_node.value)
+        elif isinstance(node, yaml.ScalarNode) and node.tag in NUMBER_TAGS:
+            spelled[key] = node.value
+
+    walk(yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader), "")
+    return data, spelled
+
+
+def environment(templates: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.filters["yaml"] = yaml_scalar
-    return env
 
 
-def load_stages() -> dict:
-    return load_yaml(TEMPLATES / "stages.yml")
+def load_stages(templates: Path = TEMPLATES) -> dict:
+    return load_yaml(templates / "stages.yml")
 
 
 def _render_string(env: jinja2.Environment, text: str, values: dict, where: str) -> str:
@@ -48,33 +79,50 @@ def _render_string(env: jinja2.Environment, text: str, values: dict, where: str)
         raise UserError(f"{where}: undefined template value: {exc.message}") from None
 
 
-def stage_values(profile_name: str, stage: str) -> dict:
-    """The full set of values the stage's template renders with."""
-    env = environment()
-    profile = load_profile(profile_name)
-    stages = load_stages()
+def stage_values(profile_name: str, stage: str, templates: Path = TEMPLATES) -> dict[str, Setting]:
+    """The full set of values the stage's template renders with, each with its origin."""
+    stages_path = templates / "stages.yml"
+    profile_path = templates / "profiles" / f"{profile_name}.yml"
+    stages, stages_spelled = read_source(stages_path)
     if stage not in stages:
-        raise UserError(f"unknown stage {stage!r} (templates/stages.yml has: {', '.join(stages)})")
-    values = {k: v for k, v in profile.items() if k != "stages"}
+        raise UserError(f"unknown stage {stage!r} ({relative(stages_path)} has: {', '.join(stages)})")
+    profile, profile_spelled = read_source(profile_path)
+
+    def setting(path: Path, spelled: dict[str, str], key: str, value) -> Setting:
+        return Setting(value, f"{relative(path)}: {key}", spelled.get(key) or yaml_scalar(value))
+
+    values = {key: setting(profile_path, profile_spelled, key, value)
+              for key, value in profile.items() if key != "stages"}
+    env = environment(templates)
     for key, value in (stages[stage].get("values") or {}).items():
+        dotted = f"{stage}.values.{key}"
         if isinstance(value, str):
-            value = _render_string(env, value, values, f"templates/stages.yml: {stage}.{key}")
-        values[key] = value
-    values.update((profile.get("stages") or {}).get(stage) or {})
-    values.update(stage=stage, about=stages[stage]["about"])
+            plain = {name: s.value for name, s in values.items()}
+            value = _render_string(env, value, plain, f"{relative(stages_path)}: {dotted}")
+        values[key] = setting(stages_path, stages_spelled, dotted, value)
+    for key, value in ((profile.get("stages") or {}).get(stage) or {}).items():
+        values[key] = setting(profile_path, profile_spelled, f"stages.{stage}.{key}", value)
+    values["stage"] = setting(stages_path, {}, stage, stage)
+    values["about"] = setting(stages_path, {}, f"{stage}.about", stages[stage]["about"])
     return values
 
 
-def render_stage(profile_name: str, stage: str) -> str:
-    env = environment()
-    template_name = load_stages()[stage]["template"] if stage in load_stages() else None
-    values = stage_values(profile_name, stage)
+def render_stage(profile_name: str, stage: str, templates: Path = TEMPLATES) -> str:
+    values = stage_values(profile_name, stage, templates)
+    template_name = load_stages(templates)[stage]["template"]
+
+    def value(name: str) -> str:
+        if name not in values:
+            raise jinja2.UndefinedError(f"{name!r} is undefined")
+        return f"{values[name].text}  # {values[name].origin}"
+
     try:
-        return env.get_template(template_name).render(**values)
+        return environment(templates).get_template(template_name).render(
+            {name: s.value for name, s in values.items()}, value=value)
     except jinja2.UndefinedError as exc:
         raise UserError(
-            f"templates/{template_name}: undefined value when rendering {stage} for profile "
-            f"{profile_name}: {exc.message} (set it in templates/profiles/{profile_name}.yml)"
+            f"{relative(templates / template_name)}: undefined value when rendering {stage} for profile "
+            f"{profile_name}: {exc.message} (set it in {relative(templates / 'profiles' / f'{profile_name}.yml')})"
         ) from None
 
 
@@ -82,13 +130,14 @@ def rendered_path(profile_name: str, stage: str, out_root: Path = OUT) -> Path:
     return out_root / profile_name / f"{stage}.yml"
 
 
-def render_all(profiles: list[str], out_root: Path = OUT, check: bool = False) -> list[str]:
+def render_all(profiles: list[str], out_root: Path = OUT, check: bool = False,
+               templates: Path = TEMPLATES) -> list[str]:
     """Render every stage for `profiles`. With `check`, write nothing and return a diff for
     each file that differs from a fresh render (an empty list means up to date)."""
     problems = []
     for profile_name in profiles:
-        for stage in load_stages():
-            text = render_stage(profile_name, stage)
+        for stage in load_stages(templates):
+            text = render_stage(profile_name, stage, templates)
             target = rendered_path(profile_name, stage, out_root)
             if check:
                 current = target.read_text(encoding="utf-8") if target.exists() else ""
@@ -110,7 +159,7 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     profiles = args.profile or profile_names()
     for name in profiles:
-        load_profile(name)
+        load_profile(name)  # an unknown name fails here, with the list of known profiles
     problems = render_all(profiles, args.out, check=args.check)
     if problems:
         print("".join(problems))
@@ -118,7 +167,7 @@ def main(argv: list[str] | None) -> None:
     if not args.check:
         for name in profiles:
             for stage in load_stages():
-                print(f"rendered {rendered_path(name, stage, args.out).relative_to(ROOT) if args.out == OUT else rendered_path(name, stage, args.out)}")
+                print(f"rendered {relative(rendered_path(name, stage, args.out))}")
 
 
 if __name__ == "__main__":
