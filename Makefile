@@ -163,14 +163,15 @@ WHOLE_STAGE ?= 0
 data: $(STAMP) $(BASE_DEPS) ## Phase 0: curate the seven sources into work/<profile>/data (train/val, rejects, report)
 	$(PY) -m glue.data.curate --profile $(PROFILE) --out $(DATA) $(if $(filter 1,$(OVERWRITE)),--overwrite)
 
-$(DATA)/train.jsonl:
-	$(MAKE) data
-
 bench-data: $(STAMP) $(TINY_BASE)/config.json ## benchmark: scoring, language ID and dedup rows/s on a synthetic corpus [BENCH_ROWS=n] [WHOLE_STAGE=1: time all of make data]
 	$(PY) -m glue.data.bench --rows $(BENCH_ROWS) --tokenizer $(TINY_BASE) $(if $(filter 1,$(WHOLE_STAGE)),--whole-stage)
 
 # ---- Phase 1A ------------------------------------------------------------------------------
-train-1a: $(BASE_DEPS) $(DATA)/train.jsonl ## Phase 1A: LoRA SFT of the base model (axolotl preprocess + train)
+# The machine check comes first: on a host that cannot train the config, say so before
+# building the training data.
+train-1a: $(STAMP) $(BASE_DEPS) ## Phase 1A: LoRA SFT of the base model (builds the data first if missing; axolotl preprocess + train)
+	$(QUIET) $(PY) -m glue.train.validate_config --hardware-only $(CONFIG_1A)
+	[ -f $(DATA)/train.jsonl ] || $(MAKE) data
 	$(MAKE) train CONFIG=$(CONFIG_1A)
 
 merge-1a: ## Phase 1A: guarded merge of the adapter into the full-precision base, with proof

@@ -34,8 +34,10 @@ def test_progress_segments_are_written_as_they_end():
     assert out == [b"\r", b" 10%|#  | 1/10\r", b" 20%"]
 
 
-def test_run_keeps_the_exit_status_and_filters_both_streams(capfdbinary):
+def test_run_keeps_the_exit_status_and_filters_both_streams_each_to_its_own(capfdbinary):
+    error = b"error: the config says no\n"
     script = (f"import sys; sys.stderr.buffer.write({PYTREE!r}); sys.stdout.buffer.write({USEFUL!r}); "
-              f"sys.stderr.buffer.write({TORCHAO!r}); sys.exit(3)")
+              f"sys.stderr.buffer.write({TORCHAO!r}); sys.stderr.buffer.write({error!r}); sys.exit(3)")
     assert run([sys.executable, "-c", script]) == 3
-    assert capfdbinary.readouterr().out == USEFUL
+    captured = capfdbinary.readouterr()
+    assert captured.out == USEFUL and captured.err == error

@@ -8,6 +8,7 @@ in the environment as it is, and never set it up."""
 import hashlib
 import json
 import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -56,8 +57,7 @@ def test_train_learns_resumes_refuses_a_finished_run_and_merges(tmp_path, tiny_c
     assert len(history) == 10 and sum(history[-3:]) < sum(history[:3]), history
 
     refused = make("train", f"CONFIG={config}")
-    # validate_config runs through glue.train.axolotl_run, which merges stderr into stdout
-    assert refused.returncode != 0 and "already holds a finished run" in refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "already holds a finished run" in refused.stderr
 
     # An interrupted run (checkpoint-5 only, no final adapter) continues where it stopped.
     shutil.rmtree(run / "checkpoint-10")
@@ -77,6 +77,16 @@ def test_train_learns_resumes_refuses_a_finished_run_and_merges(tmp_path, tiny_c
 def test_train_without_config_says_how(tmp_path):
     result = make("train")
     assert result.returncode != 0 and "set CONFIG=<axolotl config>" in result.stderr
+
+
+def test_train_1a_on_a_host_that_cannot_train_stops_before_building_data(tmp_path):
+    """The real profile on a machine without a GPU: one line naming the reason, and no
+    `make data` run first (it would curate the real sources for nothing)."""
+    data = tmp_path / "data"
+    result = subprocess.run(["make", "--no-print-directory", "-o", STAMP, "train-1a", "PROFILE=real", f"DATA={data}"],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode != 0 and "needs a CUDA GPU" in result.stderr and "use PROFILE=tiny" in result.stderr
+    assert "glue.data.curate" not in result.stdout and not data.exists()
 
 
 def test_unknown_profile_is_one_line(tmp_path):

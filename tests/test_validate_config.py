@@ -99,8 +99,10 @@ def test_gpu_only_config_on_cpu_says_use_tiny(monkeypatch):
 def test_finished_run_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoint-5").mkdir(parents=True)
-    assert vc.prepare_output({"output_dir": str(out)}, None, overwrite=False) == out  # resumable, allowed
+    # Axolotl pre-saves adapter_config.json when training starts: a killed run still resumes.
     (out / "adapter_config.json").write_text("{}")
+    assert vc.prepare_output({"output_dir": str(out)}, None, overwrite=False) == out
+    (out / "adapter_model.safetensors").write_text("")
     with pytest.raises(UserError, match=r"already holds a finished run.*OVERWRITE=1"):
         vc.prepare_output({"output_dir": str(out)}, None, overwrite=False)
     assert (out / "adapter_config.json").exists()  # refusal touches nothing

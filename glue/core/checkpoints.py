@@ -1,4 +1,5 @@
-"""Model folders on disk: the one check that a path holds a loadable checkpoint, and sizes."""
+"""Model folders on disk: the one check that a path holds a loadable checkpoint, whether a
+training run finished, and sizes."""
 
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ def check_model_dir(path: str | Path, *, gguf_ok: bool = False, dense: str | Non
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}/config.json cannot be loaded by transformers: {exc}") from None
     return path
+
+
+# Axolotl writes these into the run folder only when training ends (checkpoints go to
+# checkpoint-N/); adapter_config.json is pre-saved when training starts, so it proves nothing.
+FINAL_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+                 "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def finished_run(output_dir: str | Path) -> bool:
+    """A training run is finished when Axolotl has written its final weights; checkpoints alone
+    mean an interrupted run, which `auto_resume_from_checkpoints` continues."""
+    return any((Path(output_dir) / name).is_file() for name in FINAL_WEIGHTS)
 
 
 def disk_bytes(path: Path, suffix: str | None = None) -> int:

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 NOISE = [
     re.compile(rb"torch/utils/_pytree\.py:\d+\] <enum '\w+'> is an Enum subclass and is now natively supported"),
@@ -42,17 +43,25 @@ def filter_stream(read, write) -> None:
 
 
 def run(cmd: list[str], env: dict | None = None) -> int:
-    """Run `cmd` with stdout and stderr merged through the filter; its exit status."""
+    """Run `cmd` with its stdout and stderr each through the filter (errors stay on stderr, where
+    callers and scripts look for them); its exit status."""
     # Unbuffered: a Python child writing to a pipe would otherwise hold its lines back.
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    out = sys.stdout.buffer
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
-    def write(data: bytes) -> None:
-        out.write(data)
-        out.flush()
+    def copy(source, target) -> None:
+        def write(data: bytes) -> None:
+            target.write(data)
+            target.flush()
 
-    filter_stream(lambda: os.read(process.stdout.fileno(), 65536), write)
+        filter_stream(lambda: os.read(source.fileno(), 65536), write)
+
+    threads = [threading.Thread(target=copy, args=pair, daemon=True)
+               for pair in ((process.stdout, sys.stdout.buffer), (process.stderr, sys.stderr.buffer))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return process.wait()
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from glue.core.checkpoints import finished_run
 from glue.core.io import atomic_path, load_yaml, run_cli, write_text_atomic
 from glue.core.manifest import write_manifest
 from glue.core.paths import ROOT, profile_names, relative
@@ -31,10 +32,6 @@ from glue.train.new_experiment import copied_from
 from glue.train.render import OUT as RENDERED
 from glue.train.render import load_stages, render_stage, yaml_scalar
 
-# Axolotl writes these into the run folder only when training ends (checkpoints go to
-# checkpoint-N/); adapter_config.json is pre-saved when training starts, so it proves nothing.
-FINAL_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
-                 "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # new_experiment sets both on every copy: a difference there is by construction, not a change.
 SET_BY_COPY = ("output_dir", "wandb_name")
 UNSET = "(unset)"
@@ -171,7 +168,7 @@ def run_status(folder: Path) -> tuple[str, str, Path | None]:
     if not folder.is_dir():
         return "not started", "", None
     checkpoint = last_checkpoint(folder)
-    if any((folder / name).is_file() for name in FINAL_WEIGHTS):
+    if finished_run(folder):
         return "finished", "", checkpoint
     error = read_debug_log(folder)[1]
     if error:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from glue.core.checkpoints import finished_run
 from glue.core.io import UserError, load_yaml, require_file, run_cli
 
 # Which make target writes a stage's input, for the "file not found" hint.
@@ -321,12 +322,6 @@ def hardware_problems(path: Path, cfg: dict) -> list[str]:
         return [f"{path}: needs a CUDA GPU ({', '.join(gpu_only)}) and this machine has none: "
                 "use PROFILE=tiny on CPU, or run on a GPU host"]
     return []
-
-
-def finished_run(output_dir: str | Path) -> bool:
-    """A run is finished when Axolotl has written the final adapter (checkpoints alone mean
-    an interrupted run, which `auto_resume_from_checkpoints` continues)."""
-    return (Path(output_dir) / "adapter_config.json").is_file()
 
 
 def prepare_output(cfg: dict, output_dir: str | None, overwrite: bool) -> Path:
