@@ -146,10 +146,14 @@ render: $(STAMP) ## render templates/ into axolotl_configs/<profile>/ (all profi
 check-render: $(STAMP) ## fail if axolotl_configs/ differs from a fresh render
 	$(PY) -m glue.train.render --check
 
-tiny-model: $(TINY_BASE)/config.json ## build the tiny profile's base model (random Llama, offline tokenizer)
+tiny-model: $(TINY_BASE)/config.json ## build the tiny profile's base model (offline tokenizer, pretrained on the generated world; cached per machine)
 
-$(TINY_BASE)/config.json: | $(STAMP)
-	$(PY) -m glue.train.tiny_model --out $(TINY_BASE) --corpus tests/fixtures/sft/train.jsonl
+#: TINY_CACHE  where the tiny base model is built once per machine (a few minutes of pretraining)
+TINY_CACHE ?= $(HOME)/.cache/cogumi/tiny-base
+# Rebuilt when the generator or the builder changes; an unchanged build is a copy from TINY_CACHE.
+$(TINY_BASE)/config.json: glue/train/tiny_model.py glue/core/tiny_world.py tests/fixtures/sft/train.jsonl | $(STAMP)
+	$(QUIET) $(PY) -m glue.train.tiny_model --out $(TINY_BASE) --corpus tests/fixtures/sft/train.jsonl \
+	    --cache $(TINY_CACHE) --overwrite
 
 # The tiny profile's base model is built on demand; the real one comes from the hub.
 BASE_DEPS := $(if $(filter tiny,$(PROFILE)),$(TINY_BASE)/config.json)
@@ -274,7 +278,7 @@ eval-1c: $(STAMP) ## Phase 1C: same suite and judge as 1A; before/after per task
 	$(call evaluate,$(PY),$(MERGED_1C),1c,$(WORK)/eval/1a)
 	$(call failures,$(MERGED_1C),$(WORK)/1c_failures)
 	$(PY) -m glue.eval.compare --before $(WORK)/1b_failures --after $(WORK)/1c_failures \
-	    --clusters $(WORK)/1b_clusters --out $(WORK)/eval/1c_vs_1a
+	    --clusters $(WORK)/1b_clusters --eval-before $(WORK)/eval/1a --eval-after $(WORK)/eval/1c --out $(WORK)/eval/1c_vs_1a
 
 bench-distill: $(STAMP) ## benchmark: teacher requests/s at concurrency 64 against a local server with 200 ms latency
 	$(PY) -m tests.bench_distill
@@ -344,7 +348,8 @@ package: $(STAMP_COMPRESS) ## zstd archive + SHA-256 + manifest of an artefact [
 	$(PY_COMPRESS) -m glue.compress.package pack $(or $(ARTEFACT),$(COMPRESSED)) --out $(WORK)/packages --overwrite
 
 # The demo's steps, in order, each run as `make <step> PROFILE=tiny`; each stage is rerun from scratch.
-DEMO_STEPS := "data OVERWRITE=1" "train-1a OVERWRITE=1" "merge-1a OVERWRITE=1" eval-1a failures-1b distill-1c \
+DEMO_STEPS := "data OVERWRITE=1" "eval MODEL=$(TINY_BASE) NAME=base" "train-1a OVERWRITE=1" "merge-1a OVERWRITE=1" \
+	"eval-1a BASELINE=work/tiny/eval/base" failures-1b distill-1c \
 	"train-1c OVERWRITE=1" "merge-1c OVERWRITE=1" eval-1c \
 	$(foreach r,$(wildcard compression_recipes/*.yaml),"compress RECIPE=$(r) OVERWRITE=1") "gguf OVERWRITE=1" \
 	dequantize "train-2e OVERWRITE=1" "merge-2e OVERWRITE=1" calibrate \
@@ -356,10 +361,14 @@ demo: ## the whole chain on the tiny profile, on CPU, offline, with each step's 
 	    start=$$(date +%s); $(MAKE) --no-print-directory PROFILE=tiny $$step; \
 	    times="$$times$$(printf '  %5d s  make %s' $$(( $$(date +%s) - start )) "$$step")\n"; \
 	done; printf "demo done; time per step (PROFILE=tiny):\n$$times"
-	@echo "see work/tiny/eval/1c_vs_1a/compare.md, work/tiny/compress_report/ and work/tiny/*/manifest.json"
+	@echo "checking that every stage's figure moved the way it should (tests/demo):"
+	$(PY) -m pytest tests/demo -q -p no:cacheprovider
+	@echo "see work/tiny/eval/1a/summary.md, work/tiny/1b_clusters/report.md, work/tiny/eval/1c_vs_1a/compare.md,"
+	@echo "work/tiny/compress_report/report.md and work/tiny/*/manifest.json"
 
 # Both environments' tests; llm-compressor's tests run in its own environment.
-PYTEST_TRAIN = $(PY) -m pytest tests --ignore=tests/compress -q
+# tests/demo checks what `make demo` wrote: the demo runs it, after its chain.
+PYTEST_TRAIN = $(PY) -m pytest tests --ignore=tests/compress --ignore=tests/demo -q
 PYTEST_COMPRESS = $(VENV_COMPRESS)/bin/python -m pytest tests/compress -q
 
 test: setup ## run every test (offline, CPU): unit, model-tier and slow end-to-end ones

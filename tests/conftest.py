@@ -8,6 +8,7 @@ fixture that depends on one) is marked `model` at collection, so `make test-fast
 end-to-end runs that call make targets. `make test` runs everything."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.model)
 
 
+# The same per-machine cache as `make tiny-model`: the pretrained base is built once.
+TINY_CACHE = Path(os.environ.get("TINY_CACHE", Path.home() / ".cache" / "cogumi" / "tiny-base"))
+
+
 def build_tiny_base(out: Path) -> Path:
     """The tiny profile's base model, built by the training environment (its chat template is
     Axolotl's): in this process when that is the running environment, else in a subprocess
@@ -51,12 +56,13 @@ def build_tiny_base(out: Path) -> Path:
     if Path(sys.prefix).resolve() == (ROOT / ".venv").resolve():
         from glue.train.tiny_model import build_tiny_model
 
-        build_tiny_model(out, SFT_DIR / "train.jsonl")
+        build_tiny_model(out, SFT_DIR / "train.jsonl", cache=TINY_CACHE)
         return out
     if not TRAIN_PYTHON.exists():
         pytest.fail(f"{TRAIN_PYTHON} is missing: the tiny model is built by the training environment; run `make setup`")
     result = subprocess.run([str(TRAIN_PYTHON), "-m", "glue.train.tiny_model", "--out", str(out),
-                             "--corpus", str(SFT_DIR / "train.jsonl")], cwd=ROOT, capture_output=True, text=True)
+                             "--corpus", str(SFT_DIR / "train.jsonl"), "--cache", str(TINY_CACHE)],
+                            cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         pytest.fail(f"building the tiny model failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n"
                     f"{result.stderr[-3000:]}")
@@ -65,13 +71,13 @@ def build_tiny_base(out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
-    """A tiny Llama checkpoint (random weights, offline tokenizer), built once per session."""
+    """The tiny profile's base model (pretrained on the generated world), built once per machine."""
     return build_tiny_base(tmp_path_factory.mktemp("tiny") / "base_model")
 
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    """Make a copy of the rendered tiny 1A config pointed at a test base model, the bundled
+    """Make a copy of the rendered tiny 1A config, test-sized, pointed at a test base model, the bundled
     instruction set and folders under tmp_path: `tiny_config(base, output_dir, edit) -> Path`."""
     import yaml
 
@@ -85,6 +91,9 @@ def tiny_config(tmp_path):
             text = text.replace(f"{key}: {cfg[key]}", f"{key}: {value}")
         for key, split in (("datasets", "train"), ("test_datasets", "val")):
             text = text.replace(f"path: {cfg[key][0]['path']}", f"path: {SFT_DIR / split}.jsonl")
+        # a test-sized run: 10 steps, a checkpoint every 5, every loss logged
+        for key, value in (("max_steps", 10), ("save_steps", 5), ("eval_steps", 5), ("logging_steps", 1)):
+            text = re.sub(rf"^{key}: \S+", f"{key}: {value}", text, flags=re.MULTILINE)
         path = tmp_path / "cfg.yml"
         path.write_text(edit(text))
         return path

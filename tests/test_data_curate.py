@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from glue.core import tiny_world
 from glue.core.io import UserError
 from glue.data.curate import CONFIG, curate, load_config, main, split_validation, tag_domain
 
@@ -32,7 +33,8 @@ def test_outputs_and_format(curated):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     rows, train, val = read(out / "curated.jsonl"), read(out / "train.jsonl"), read(out / "val.jsonl")
     assert all(set(r) == {"id", "source", "domain", "messages"} for r in rows)
-    assert {r["domain"] for r in rows} <= {"code", "math", "reasoning", "science", "conversation", "creative"}
+    assert {r["domain"] for r in rows} <= {"code", "math", "reasoning", "science", "conversation", "creative",
+                                           "automation"}
     assert len({r["id"] for r in rows}) == len(rows) == figures["rows_kept"]
     assert {r["id"] for r in train} | {r["id"] for r in val} == {r["id"] for r in rows}
     assert not {r["id"] for r in train} & {r["id"] for r in val} and val
@@ -44,9 +46,12 @@ def test_every_row_is_accounted_for(curated):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "data" and manifest["figures"] == json.loads(json.dumps(figures))
     assert manifest["inputs"]["source:dolly"]["sha256"]
+    world = load_config(CONFIG, "tiny")["profiles"]["tiny"]["world"]
     for name, c in figures["per_source"].items():
         assert c["read"] == sum(c[k] for k in c if k != "read"), name
-        assert c["read"] == sum(1 for line in (SOURCES / f"{name}.jsonl").read_text().splitlines() if line.strip())
+        if name != world["source"]:
+            assert c["read"] == sum(1 for line in (SOURCES / f"{name}.jsonl").read_text().splitlines() if line.strip())
+    assert figures["per_source"][world["source"]]["read"] == world["rows"]
     rejects = read(out / "rejects.jsonl")
     assert len(rejects) == sum(figures["rejected"].values()) - figures["rejected"]["not_selected"]
 
@@ -74,6 +79,20 @@ def test_planted_rows_are_removed(curated):
     assert figures["rejected"]["duplicate"] >= 8
     texts = {json.dumps(r["messages"]) for r in read(out / "curated.jsonl")}
     assert len(texts) == figures["rows_kept"]
+
+
+def test_the_generated_world_is_curated_beside_the_fixtures_and_keeps_its_evaluation_split_out(curated):
+    out, figures = curated
+    rows = read(out / "curated.jsonl")
+    world = [r for r in rows if r["source"] == "tiny_world"]
+    # most generated rows survive the filters (near-duplicates of short templated prompts go)
+    assert len(world) >= 0.9 * figures["per_source"]["tiny_world"]["read"]
+    assert {r["domain"] for r in world} == set(tiny_world.DOMAINS)
+    prompts = [r["messages"][0]["content"] for r in world]
+    assert all(tiny_world.split_of(p) == "train" for p in prompts)
+    assert all(tiny_world.solve(p) == r["messages"][1]["content"] for p, r in zip(prompts, world))
+    hard = sum(tiny_world.parse(p).hard for p in prompts) / len(prompts)
+    assert 0.1 < hard < 0.5  # hard cells are the minority, as the config says
 
 
 def test_same_input_same_output(curated, tiny_base, tmp_path):

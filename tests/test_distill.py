@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from glue.core import tiny_world
 from glue.core.io import UserError, iter_jsonl
 from glue.distill import build as distill
 from glue.distill.jobs import BudgetReached, CallLog
@@ -62,22 +63,51 @@ def run(tmp_path, out="out", **kwargs):
     return distill.distill(kwargs.pop("profile", "real"), kwargs.pop("clusters"), CURATED, tmp_path / out, **kwargs)
 
 
-def test_offline_tiny_run_builds_the_mix_from_references(tmp_path, clusters_dir):
-    figures = run(tmp_path, profile="tiny", clusters=clusters_dir)
-    train = list(iter_jsonl(tmp_path / "out/train.jsonl"))
-    val = list(iter_jsonl(tmp_path / "out/val.jsonl"))
-    # 30 failures, each answered and critiqued by the reference teacher, scored by the rules judge.
-    assert figures["teacher_calls"] == 60 and figures["kept_by_kind"] == {"answer": 60, "critique": 60}
-    assert figures["kept_by_direction"] == {"forward": 60, "reverse": 60}
-    reverse = next(r for r in train + val if r["meta"]["direction"] == "reverse")
-    assert reverse["messages"][0]["content"].startswith("Here is an answer an assistant gave:")
-    assert figures["new"] == 120 and figures["original"] == round(120 / 9)  # 90% new, 10% original
-    # Reverse pairs of an answer and of its critique share the reference: dedup removes one.
-    assert figures["near_duplicates_removed"] > 0
-    assert len(train) + len(val) == 120 + figures["original"] - figures["near_duplicates_removed"]
-    assert {r["source"] for r in train + val} == {"bundled", "distill:reference", "distill:self_critique"}
+@pytest.fixture
+def world_clusters_dir(tmp_path):
+    """The tiny profile's case: cluster 0 holds failed carries of the generated world, cluster 1
+    the bundled val set's prompts, which no solver knows (the teacher falls back on references)."""
+    members, ids = [], {0: [], 1: []}
+    for task in tiny_world.generate(10, seed=5, families=["add"], hard_share=1.0):
+        members.append({"id": f"w{len(members)}", "domain": "math", "prompt": task.prompt, "reference": task.answer,
+                        "student_answer": "The final answer is 1.", "verdict": "loss", "reason": "wrong", "cluster_id": 0})
+        ids[0].append(members[-1]["id"])
+    for record in iter_jsonl(ROOT / "tests/fixtures/sft/val.jsonl"):
+        members.append({"id": record["id"], "domain": record["domain"], "prompt": record["messages"][-2]["content"],
+                        "reference": record["messages"][-1]["content"], "student_answer": "I am not sure.",
+                        "verdict": "loss", "reason": "vague", "cluster_id": 1})
+        ids[1].append(record["id"])
+    clusters = [{"cluster_id": c, "is_noise": False, "size": len(ids[c]),
+                 "label": {"name": n, "description": n, "domain": dom, "source": "rules"},
+                 "domains": {}, "representative_ids": ids[c][:3], "member_ids": ids[c]}
+                for c, n, dom in ((0, "carries", "math"), (1, "vague answers", "conversation"))]
+    folder = tmp_path / "clusters"
+    folder.mkdir()
+    (folder / "clusters.json").write_text(json.dumps({"format": "failure-clusters/v1", "clusters": clusters}))
+    (folder / "members.jsonl").write_text("".join(json.dumps(m) + "\n" for m in members))
+    return folder
+
+
+def test_offline_tiny_run_solves_the_world_and_writes_new_tasks_of_the_failing_cell(tmp_path, world_clusters_dir):
+    figures = run(tmp_path, profile="tiny", clusters=world_clusters_dir)
+    rows = list(iter_jsonl(tmp_path / "out/train.jsonl")) + list(iter_jsonl(tmp_path / "out/val.jsonl"))
+    new = [r for r in rows if r.get("meta", {}).get("kind") == "new"]
+    # every failure answered (10 by the solver, 30 from references); cluster 0's new examples
+    # are fresh carries from the training split, each with the solver's answer (a few drawn
+    # twice are one row after dedup); cluster 1's are skipped: nothing can solve them.
+    wanted = distill.load_config(distill.CONFIG, "tiny")["new_per_cluster"]
+    assert figures["kept_by_kind"]["answer"] == 40 and figures["kept_by_kind"]["new"] == wanted
+    assert 0.9 * wanted <= len(new) <= wanted
+    prompts = [r["messages"][0]["content"] for r in new]
+    assert len(set(prompts)) == len(prompts)
+    for row, prompt in zip(new, prompts):
+        assert tiny_world.label(prompt) == "add/hard" and tiny_world.split_of(prompt) == "train"
+        assert row["messages"][1]["content"] == tiny_world.solve(prompt) and row["meta"]["cluster_id"] == 0
+    solved = [r for r in rows if str(r.get("meta", {}).get("failure_id")).startswith("w")]
+    assert len(solved) == 10 and all(tiny_world.check(r["messages"][0]["content"], r["messages"][1]["content"])
+                                     for r in solved)
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
-    assert manifest["parameters"]["teacher"] == "reference" and manifest["figures"]["spend_usd"] == 0
+    assert manifest["parameters"]["teacher"] == "solver" and manifest["figures"]["spend_usd"] == 0
     assert manifest["inputs"]["config"]["path"] == "templates/distill.yml"  # relative: valid in any clone
     assert str(ROOT) not in (tmp_path / "out/manifest.json").read_text()
 

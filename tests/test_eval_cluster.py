@@ -151,7 +151,15 @@ def test_tiny_phase_1b_end_to_end(tiny_base, tmp_path):
     assert "## Consistency" in (out / "report.md").read_text()
     failures = out / "failures.jsonl"
     n_failures = len(failures.read_text().splitlines())
-    assert n_failures == summary["overall"]["loss"] >= 2  # a random model fails
+    assert n_failures == summary["overall"]["loss"] >= 2  # the base never learnt the bundled prose
     doc = cluster_failures(failures, tmp_path / "1b_clusters", "tiny")
     assert sum(c["size"] for c in doc["clusters"]) == n_failures
     assert (tmp_path / "1b_clusters" / "clusters.png").stat().st_size > 0
+
+
+def test_world_cell_is_the_generators_majority_label_and_its_share():
+    from glue.eval.cluster import world_cell
+
+    prompts = ["What is 58 + 35?", "What is 47 + 38?", "What is 19 + 19?", "What is 71 - 46?", "Tell me a joke."]
+    assert world_cell(prompts) == {"label": "add/hard", "purity": 0.6}
+    assert world_cell(["Tell me a joke.", "Write a poem."]) is None

@@ -4,8 +4,10 @@ the tiny suite run end to end on the tiny model."""
 import json
 
 import pytest
+import yaml
 
 from glue.core.checkpoints import check_model_dir
+from glue.core import tiny_world
 from glue.core.io import UserError
 from glue.core.paths import ROOT
 from glue.eval.evaluate import SUITES_DIR, apply_gates, evaluate, load_suite, task_config, task_manager
@@ -43,6 +45,12 @@ def test_tiny_tasks_load_through_lm_eval(manager, monkeypatch):
     assert len(tasks["tiny_mmlu_llama"].eval_docs) == 8
     assert len(tasks["tiny_humaneval_instruct"].eval_docs) == 164
     assert tasks["tiny_humaneval_instruct"].UNSAFE_CODE
+    # the generated world's tasks: 200 held-out prompts each, never of the training split
+    for name in ("tiny_world_math", "tiny_world_reasoning", "tiny_world_code", "tiny_world_automation"):
+        docs = list(tasks[name].eval_docs)
+        assert len(docs) == 200 and all(tiny_world.split_of(d["prompt"]) == "eval" for d in docs)
+        assert all(tiny_world.solve(d["prompt"]) == d["answer"] for d in docs)
+        assert 0.3 < sum(d["cell"].endswith("/hard") for d in docs) / len(docs) < 0.9
 
 
 def test_unknown_task_and_bad_keys(tmp_path, manager):
@@ -134,28 +142,33 @@ def test_humaneval_metric_runs_the_package_tests(monkeypatch):
 @pytest.mark.slow
 def test_tiny_suite_end_to_end_with_baseline(tiny_base, tmp_path, monkeypatch, manager):
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
-    first = evaluate(tiny_base, SUITES_DIR / "tiny_1a.yml", tmp_path / "eval" / "base", allow_code=True)
+    # The stock-shaped tasks of the tiny suite plus one world task, with the code task's opt-in.
+    small = tmp_path / "small.yml"
+    tiny = yaml.safe_load((SUITES_DIR / "tiny_1a.yml").read_text())
+    tiny["tasks"] = [t for t in tiny["tasks"] if not t["task"].startswith("tiny_world")] + [
+        {"task": "tiny_world_code", "num_fewshot": 0, "limit": 20, "gate": {"metric": "exact_match,none", "min": 0.0}}]
+    small.write_text(yaml.safe_dump(tiny))
+    first = evaluate(tiny_base, small, tmp_path / "eval" / "base", allow_code=True)
     out = tmp_path / "eval" / "base"
-    # tiny_1a.yml's floors are 0 (the random model scores near 0): PASS here says that every
-    # task ran and produced its gated metric, which is all that suite checks.
+    # The floors are 0: PASS here says that every task ran and produced its gated metric.
     assert first["verdict"] == "PASS"
-    assert [r["status"] for r in first["rows"]] == ["ok"] * 3
+    assert [r["status"] for r in first["rows"]] == ["ok"] * 4
     assert all(isinstance(r["score"], float) for r in first["rows"])
     for row in first["rows"]:  # lm-eval's own results file, untouched
         results = json.loads((out / row["results_file"]).read_text())
         assert row["task"] in results["results"] and "config" in results
-    assert (out / "summary.md").read_text().count("| pass |") == 3
+    assert (out / "summary.md").read_text().count("| pass |") == 4
     assert json.loads((out / "manifest.json").read_text())["stage"] == "eval"
 
     # The gates on the scores this run measured: a floor at a score passes, one just above fails.
     scores = {r["task"]: r["score"] for r in first["rows"]}
-    suite = load_suite(SUITES_DIR / "tiny_1a.yml", manager)
+    suite = load_suite(small, manager)
     for entry in suite["tasks"]:
         entry["gate"]["min"] = scores[entry["task"]]
     rows = [dict(r) for r in first["rows"]]
-    assert apply_gates(rows, suite, None) == "PASS" and [r["verdict"] for r in rows] == ["pass"] * 3
+    assert apply_gates(rows, suite, None) == "PASS" and [r["verdict"] for r in rows] == ["pass"] * 4
     suite["tasks"][1]["gate"]["min"] = scores["tiny_mmlu_llama"] + 0.01
-    assert apply_gates(rows, suite, None) == "FAIL" and [r["verdict"] for r in rows] == ["pass", "fail", "pass"]
+    assert apply_gates(rows, suite, None) == "FAIL" and [r["verdict"] for r in rows] == ["pass", "fail", "pass", "pass"]
 
     # A gate the tiny model cannot meet (every mmlu answer right) fails the run, whatever else
     # passes; without the opt-in the code task is not run; a previous evaluation folder serves

@@ -6,11 +6,14 @@ check and 1C's self-consistency vote, so that no two stages disagree on it.
   value would accept each.
 - code: the longest fenced code block (else the whole answer), whitespace-normalised but not
   lower-cased: Python is case-sensitive (`True` is not `true`).
+- automation: the JSON object, keys sorted (key order and spacing are not part of the answer);
+  an answer that is not JSON falls through to the text rule.
 - anything else: the whitespace-normalised, lower-cased text.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -50,6 +53,11 @@ def answer_key(domain: str, answer: str | None) -> str:
     """What must be equal for two answers in `domain` to count as the same answer."""
     if domain == "math" and (number := final_number(answer)) is not None:
         return f"number:{number.normalize():f}"
+    if domain == "automation":
+        try:
+            return "json:" + json.dumps(json.loads(answer or ""), sort_keys=True)
+        except ValueError:
+            pass
     if domain == "code":
         return "code:" + " ".join(extract_code(answer).split())
     return "text:" + " ".join((answer or "").lower().split())

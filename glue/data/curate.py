@@ -32,7 +32,7 @@ from glue.data.report import write_report
 from glue.data.sources import load_source
 
 CONFIG = ROOT / "templates" / "data" / "sources.yml"
-DOMAINS = ("code", "math", "reasoning", "science", "conversation", "creative")
+DOMAINS = ("code", "math", "reasoning", "science", "conversation", "creative", "automation")
 STEPS = ("load", "too_long", "not_english", "low_score", "not_selected", "duplicate")
 
 
@@ -45,12 +45,18 @@ def load_config(path: Path, profile_name: str) -> dict:
             raise UserError(f"{path}: missing section {key!r}")
     if profile_name not in config["profiles"]:
         raise UserError(f"{path}: no profiles.{profile_name} entry (has: {', '.join(config['profiles'])})")
+    # A profile's generated world is one more `keep` source whose records carry their domain.
+    if world := config["profiles"][profile_name].get("world"):
+        missing = {"source", "rows", "seed", "hard_share"} - set(world)
+        if missing:
+            raise UserError(f"{path}: profiles.{profile_name}.world needs {', '.join(sorted(missing))}")
+        config["sources"][world["source"]] = {"tier": "keep", "domain": "generated", "world": world}
     check_weights(config["scoring"]["weights"], f"{path}: scoring.weights")
     for name, spec in config["sources"].items():
         if spec.get("tier") not in ("keep", "filter"):
             raise UserError(f"{path}: sources.{name}.tier must be keep or filter")
         domain = spec.get("domain")
-        if domain != "rules" and domain not in DOMAINS:
+        if domain not in ("rules", "generated") and domain not in DOMAINS:
             raise UserError(f"{path}: sources.{name}.domain must be `rules` or one of {', '.join(DOMAINS)}")
     for rule in config["domains"]["rules"]:
         if rule["domain"] not in DOMAINS:
@@ -64,12 +70,16 @@ def load_config(path: Path, profile_name: str) -> dict:
 
 def load_spec(name: str, spec: dict, profile_cfg: dict) -> dict:
     """Where this profile reads the source from."""
+    if "world" in spec:
+        return {"world": spec["world"]}
     if profile_cfg["load"] == "fixture":
         return {"adapter": spec["adapter"], "fixture": str(Path(profile_cfg["fixture_dir"]) / f"{name}.jsonl")}
     return {"adapter": spec["adapter"], "hub": spec["hub"], "split": spec.get("split", "train")}
 
 
 def tag_domain(record: dict, spec: dict, domains: dict) -> str:
+    if spec["domain"] == "generated":
+        return record["domain"]
     if spec["domain"] != "rules":
         return spec["domain"]
     by_category = (spec.get("category_domains") or {}).get(record.get("category"))

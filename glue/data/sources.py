@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from glue.core import tiny_world
 from glue.core.io import UserError, iter_jsonl, require_file
 
 
@@ -134,6 +135,18 @@ class Loaded:
     rows_read: int = 0
 
 
+def generated_world(name: str, spec: dict) -> Loaded:
+    """The tiny profile's generated tasks (glue/core/tiny_world.py), each record already tagged
+    with its domain: a source without a file, rebuilt identically from its seed."""
+    tasks = tiny_world.generate(int(spec["rows"]), int(spec["seed"]), hard_share=float(spec["hard_share"]))
+    out = Loaded(origin=f"glue.core.tiny_world seed {spec['seed']}")
+    for index, task in enumerate(tasks):
+        record = tiny_world.as_record(task, index, source=name)
+        out.records.append({**record, "id": content_id(name, record["messages"]), "where": f"{out.origin} task {index}"})
+    out.rows_read = len(out.records)
+    return out
+
+
 def hub_dataset(hub: str, split: str):
     import datasets
 
@@ -145,6 +158,8 @@ def hub_dataset(hub: str, split: str):
 
 def load_source(name: str, spec: dict, root: Path) -> Loaded:
     """Read one source (spec from sources.yml) and map its rows to records."""
+    if "world" in spec:
+        return generated_world(name, spec["world"])
     adapter = ADAPTERS.get(spec.get("adapter"))
     if adapter is None:
         raise UserError(f"source {name!r}: unknown adapter {spec.get('adapter')!r} (known: {', '.join(ADAPTERS)})")

@@ -1,18 +1,22 @@
 """Phase 1C's teacher and judge, one interface online and offline (eval_configs/endpoints.yml,
 per profile): `llm` calls the model through glue/core/llm_client.py; offline, the teacher
-`reference` answers from the failures' reference answers (and skips prompts it has none for) and
-the judge `rules` scores against the reference (numeric final answer for math, embedding
-similarity otherwise). `model` is what a job's key names, so a different model is asked again.
+`solver` answers prompts of the tiny profile's generated world exactly and writes new examples
+of a failing cell (glue/core/tiny_world.py), the teacher `reference` answers from the failures'
+reference answers (both skip prompts they cannot answer), and the judge `rules` checks a world
+prompt with its solver, else scores against the reference (numeric final answer for math,
+embedding similarity otherwise). `model` is what a job's key names, so a different model is
+asked again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import AsyncIterator
 
+from glue.core import tiny_world
 from glue.core.answers import final_number, same_answer
 from glue.core.embeddings import load_embedder, similarities
 from glue.core.io import UserError
@@ -68,6 +72,30 @@ class ReferenceTeacher:
             yield job, self.answer(job)
 
 
+class SolverTeacher(ReferenceTeacher):
+    """Offline teacher for the tiny profile's generated world: a real solver, not stored answers.
+    A new example is a fresh task of the cell most of the cluster's examples belong to, drawn
+    from the training split with a seed taken from the job, so reruns write the same one."""
+
+    name = model = "solver"
+
+    def answer(self, job: Job) -> ChatResult:
+        if job.kind == "new":
+            labels = Counter(filter(None, map(tiny_world.label, job.meta.get("examples") or [])))
+            if not labels:
+                return ChatResult(job.key, None, "skipped: the cluster has no prompt of the generated world")
+            family, variant = labels.most_common(1)[0][0].split("/")
+            seed = int(job.key[:8], 16)
+            for task in tiny_world.generate(50, seed, families=[family], hard_share=float(variant == "hard")):
+                if task.label == f"{family}/{variant}":
+                    return ChatResult(job.key, json.dumps({"instruction": task.prompt, "response": task.answer}))
+            return ChatResult(job.key, None, f"skipped: no new task of {family}/{variant} found")
+        solved = tiny_world.solve(job.meta.get("prompt") or "")
+        if solved is None:
+            return super().answer(job)
+        return super().answer(dataclasses.replace(job, meta={**job.meta, "reference": solved}))
+
+
 class RulesJudge:
     """Offline judge: a 1-10 score from agreement with the reference (numeric final answer for
     math, embedding similarity otherwise). It checks agreement, not quality, and says so."""
@@ -83,6 +111,9 @@ class RulesJudge:
 
     def score(self, job: Job) -> tuple[int, str] | None:
         response, reference = job.meta["response"], job.meta.get("reference") or ""
+        solved = tiny_world.check(job.meta.get("instruction") or "", response)
+        if solved is not None:
+            return (10, "the solver's answer") if solved else (1, "differs from the solver's answer")
         if not reference:
             return None
         expected = final_number(reference)
@@ -109,6 +140,8 @@ def make_backend(role: str, profile: str, cache_dir: Path | None, config: dict):
         return ApiBackend(LLMClient.for_role(role, profile, cache_dir=cache_dir))
     if role == "teacher" and backend == "reference":
         return ReferenceTeacher()
+    if role == "teacher" and backend == "solver":
+        return SolverTeacher()
     if role == "judge" and backend == "rules":
         return RulesJudge(config["rules_judge_embedding_model"])
     raise UserError(f"eval_configs/endpoints.yml: backend {backend!r} is not available for the {role}")

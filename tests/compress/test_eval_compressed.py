@@ -27,9 +27,9 @@ def test_project_suites_resolve_under_this_lm_eval(tmp_path):
 
 
 @pytest.mark.slow
-def test_compressed_checkpoint_is_evaluated_and_reported(compressed, tiny_base, tmp_path, monkeypatch):
+def test_compressed_checkpoint_is_evaluated_and_reported(compressed, tiny_base, tmp_path, monkeypatch, stock_suite):
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
-    suite, eval_dir = SUITES_DIR / "tiny_1a.yml", tmp_path / "eval"
+    suite, eval_dir = stock_suite, tmp_path / "eval"
     gptq = compressed["w4a16_gptq"][0]
     assert json.loads((gptq / "config.json").read_text())["quantization_config"]["quant_method"] == "compressed-tensors"
     # as the Makefile does it: the reference under its folder name, then the artefact
@@ -45,7 +45,7 @@ def test_compressed_checkpoint_is_evaluated_and_reported(compressed, tiny_base, 
     assert [r["baseline"] for r in out["rows"][:2]] == [r["score"] for r in ref["rows"][:2]]
 
     # lm-eval's own files: the tasks ran on the suite's number of docs, and the answers are the
-    # quantized model's (the 4-bit weights change what the random tiny model generates)
+    # quantized model's (the 4-bit weights change what the tiny model generates)
     def answers(name, row):  # one sample line per doc and filter: keep the gate's filter
         (samples,) = (eval_dir / name / "results").glob(f"samples_{row['task']}_*.jsonl")
         lines = map(json.loads, samples.read_text().splitlines())

@@ -87,15 +87,15 @@ def test_compress_report_scores_gguf_files_on_the_same_tokens(exported, tiny_bas
 
 
 @pytest.mark.slow
-def test_gguf_file_runs_the_eval_suite_like_its_checkpoint(exported, tiny_base, tmp_path, monkeypatch):
+def test_gguf_file_runs_the_eval_suite_like_its_checkpoint(exported, tiny_base, tmp_path, monkeypatch, stock_suite):
     """`make eval-compressed` on a GGUF file: the same lm-eval suite, through llama-cpp-python.
     The prompts lm-eval builds with the file's own chat template must be the checkpoint's,
     byte for byte (prefilled assistant turns included), and the f16 file must answer like it."""
-    from glue.eval.evaluate import SUITES_DIR, evaluate
+    from glue.eval.evaluate import evaluate
 
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     out, _ = exported
-    suite, eval_dir = SUITES_DIR / "tiny_1a.yml", tmp_path / "eval"
+    suite, eval_dir = stock_suite, tmp_path / "eval"
     ref = evaluate(tiny_base, suite, eval_dir / tiny_base.name)
     f16 = evaluate(out / "model-f16.gguf", suite, eval_dir / "model-f16.gguf", baseline=eval_dir / tiny_base.name)
     assert [r["status"] for r in f16["rows"]][:2] == ["ok", "ok"] and f16["verdict"] == "INCOMPLETE"
@@ -126,7 +126,7 @@ def test_gguf_file_runs_the_eval_suite_like_its_checkpoint(exported, tiny_base, 
 # bytes too, and decodes one token more than max_tokens allows. With the prompt cut to the
 # trained context less max_gen_toks, that token needs a KV cell past the trained context:
 # without a spare cell llama.cpp answers "decode: failed to find a memory slot for batch of
-# size 1" (the 9th gsm8k request of `make demo` on the 1C model). The tiny random model
+# size 1" (the 9th gsm8k request of `make demo` on the 1C model). The tiny model
 # would stop at EOS long before, so a logits processor steers its greedy choice: no EOS and
 # ASCII only, except at the end of the 9th request, which spells "あ" (E3 81 82) from its
 # last allowed token on.

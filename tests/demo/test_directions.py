@@ -1,0 +1,57 @@
+"""The tiny profile's figures move the way the real profile's would: run by `make demo` on what
+its chain just wrote (work/tiny/, or DEMO_WORK), so the chain is trained once and checked here.
+`make test` does not collect this folder: nothing in it can run before the demo has.
+
+The margins are the issue's targets; each figure is measured on prompts held out of every
+training draw (the generated world's `eval` split), so none of them is memorisation."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("DEMO_WORK", ROOT / "work" / "tiny"))
+
+
+def read_json(path: Path):
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make demo` (these tests check what it wrote)")
+    return json.loads(path.read_text())
+
+
+def world_score(name: str) -> float:
+    """Mean score over the suite's generated-world tasks for the evaluation folder `name`."""
+    rows = [r for r in read_json(WORK / "eval" / name / "summary.json")["rows"] if r["task"].startswith("tiny_world")]
+    assert rows and all(r["score"] is not None for r in rows), name
+    return sum(r["score"] for r in rows) / len(rows)
+
+
+def test_1a_beats_the_base_by_at_least_10_points():
+    base, tuned = world_score("base"), world_score("1a")
+    assert tuned >= base + 0.10, f"1A {tuned:.3f} vs base {base:.3f}"
+
+
+def test_1b_finds_at_least_two_planted_weaknesses_with_purity_0_8():
+    clusters = read_json(WORK / "1b_clusters" / "clusters.json")["clusters"]
+    planted = [c["world_cell"] for c in clusters
+               if not c["is_noise"] and c.get("world_cell") and c["world_cell"]["label"].endswith("/hard")
+               and c["world_cell"]["purity"] >= 0.8]
+    assert len(planted) >= 2, [c.get("world_cell") for c in clusters]
+
+
+def test_1c_raises_its_targeted_cells_by_15_points_and_no_domain_drops_more_than_5():
+    result = read_json(WORK / "eval" / "1c_vs_1a" / "compare.json")
+    targeted = result["targeted_held_out"]
+    assert targeted["after"] >= targeted["before"] + 0.15, targeted
+    drops = {r["domain"]: r["delta"] for r in result["domains"] if r["delta"] is not None and r["delta"] < -0.05}
+    assert not drops, drops
+
+
+def test_compression_costs_a_little_perplexity_and_f16_costs_none():
+    rows = {r["artefact"]: r for r in read_json(WORK / "compress_report" / "report.json")}
+    merged = rows["merged"]["perplexity"]
+    for name in ("w4a16_gptq", "model-Q4_K_M.gguf"):
+        assert rows[name]["perplexity"] > merged * 1.005, (name, rows[name]["perplexity"], merged)
+    assert abs(rows["model-f16.gguf"]["perplexity"] / merged - 1) < 0.002, rows["model-f16.gguf"]["perplexity"]
