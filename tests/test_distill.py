@@ -93,7 +93,7 @@ def test_offline_tiny_run_solves_the_world_and_writes_new_tasks_of_the_failing_c
     rows = list(iter_jsonl(tmp_path / "out/train.jsonl")) + list(iter_jsonl(tmp_path / "out/val.jsonl"))
     new = [r for r in rows if r.get("meta", {}).get("kind") == "new"]
     # every failure answered (10 by the solver, 30 from references); cluster 0's new examples
-    # are fresh carries from the training split, each with the solver's answer (a few drawn
+    # are fresh additions from the training split, each with the solver's answer (a few drawn
     # twice are one row after dedup); cluster 1's are skipped: nothing can solve them.
     wanted = distill.load_config(distill.CONFIG, "tiny")["new_per_cluster"]
     assert figures["kept_by_kind"]["answer"] == 40 and figures["kept_by_kind"]["new"] == wanted
@@ -101,8 +101,11 @@ def test_offline_tiny_run_solves_the_world_and_writes_new_tasks_of_the_failing_c
     prompts = [r["messages"][0]["content"] for r in new]
     assert len(set(prompts)) == len(prompts)
     for row, prompt in zip(new, prompts):
-        assert tiny_world.label(prompt) == "add/hard" and tiny_world.split_of(prompt) == "train"
+        assert tiny_world.parse(prompt).family == "add" and tiny_world.split_of(prompt) == "train"
         assert row["messages"][1]["content"] == tiny_world.solve(prompt) and row["meta"]["cluster_id"] == 0
+    # half of them the cluster's own cell (carries), half its sibling, which 1C must not unlearn
+    carries = sum(tiny_world.parse(p).hard for p in prompts)
+    assert abs(carries - len(prompts) / 2) <= 0.1 * len(prompts)
     solved = [r for r in rows if str(r.get("meta", {}).get("failure_id")).startswith("w")]
     assert len(solved) == 10 and all(tiny_world.check(r["messages"][0]["content"], r["messages"][1]["content"])
                                      for r in solved)

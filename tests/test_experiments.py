@@ -90,14 +90,14 @@ def test_experiment_copy_is_diffed_against_the_config_it_was_copied_from(tmp_pat
     copy = new_experiment(SOURCE, "lr_low", dest, changes={"learning_rate": "0.0002", "lora_r": "16"},
                           made_by="make sweep")
     text = copy.read_text()
-    assert "learning_rate: 0.0002  # make sweep; was 0.001 in 1a_base_sft.yml\n" in text
+    assert "learning_rate: 0.0002  # make sweep; was 0.003 in 1a_base_sft.yml\n" in text
     assert "# Set by `make sweep`: learning_rate, lora_r" in text
-    copy.write_text(text.replace("micro_batch_size: 4", "micro_batch_size: 2"))  # an edit by hand
+    copy.write_text(text.replace("micro_batch_size: 16", "micro_batch_size: 2"))  # an edit by hand
     run = read_run(tmp_path / "work" / "experiments" / "lr_low", tmp_path / "work", [], config=copy)
     assert run.status == "not started" and run.against == "axolotl_configs/tiny/1a_base_sft.yml"
     # output_dir and wandb_name, which every copy changes, are not listed
     assert [format_change(c) for c in run.changes] == [
-        "lora_r: 8 -> 16", "micro_batch_size: 4 -> 2", "learning_rate: 0.001 -> 0.0002"]
+        "lora_r: 8 -> 16", "micro_batch_size: 16 -> 2", "learning_rate: 0.003 -> 0.0002"]
 
 
 def test_stage_run_is_diffed_against_a_fresh_render(tmp_path):

@@ -33,7 +33,7 @@ def test_copy_gets_its_own_output_dir_and_run_name(dest):
     lines = target.read_text().splitlines()
     # The new values were not set by templates/: their lines no longer name a template key.
     assert "output_dir: work/tiny/experiments/lr_high" in lines and "wandb_name: lr_high" in lines
-    assert "learning_rate: 1.0e-3  # templates/profiles/tiny.yml: stages.1a_base_sft.learning_rate" in lines
+    assert "learning_rate: 3.0e-3  # templates/profiles/tiny.yml: stages.1a_base_sft.learning_rate" in lines
     validate(target)
 
 
@@ -59,9 +59,9 @@ def test_edited_copy_trains_with_the_edit(dest, tmp_path, tiny_config, tiny_base
     source = tiny_config(tiny_base, tmp_path / "runs" / "1a_base_sft")
     target = new_experiment(source, "short_low_lr", dest)
     text = target.read_text()
-    assert "\nmax_steps: 10  #" in text and "\nlearning_rate: 1.0e-3  #" in text
+    assert "\nmax_steps: 10  #" in text and "\nlearning_rate: 3.0e-3  #" in text
     target.write_text(text.replace("\nmax_steps: 10  #", "\nmax_steps: 3  #")
-                      .replace("\nlearning_rate: 1.0e-3  #", "\nlearning_rate: 0.0002  #"))
+                      .replace("\nlearning_rate: 3.0e-3  #", "\nlearning_rate: 0.0002  #"))
     cfg = validate(target, for_training=True)
     run = Path(cfg["output_dir"])
     assert run == tmp_path / "runs" / "experiments" / "short_low_lr"

@@ -89,7 +89,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(source, dest, tmp_path, caps
     assert "sweep t: 2 runs (learning_rate (2))" in first and "0 finished (skipped), 0 to resume, 2 to train" in first
     assert "first run:" in first and "1 more to train: expected" in first
     copy = (dest / "t.learning_rate-2e-3.yml").read_text()
-    assert "learning_rate: 0.002  # make sweep; was 0.001 in cfg.yml\n" in copy
+    assert "learning_rate: 0.002  # make sweep; was 0.003 in cfg.yml\n" in copy
     written = yaml.safe_load(copy)
     assert (written["output_dir"], written["wandb_name"]) == (str(work / "experiments" / "t.learning_rate-2e-3"),
                                                               "t.learning_rate-2e-3")
@@ -101,13 +101,13 @@ def test_interrupted_sweep_resumes_where_it_stopped(source, dest, tmp_path, caps
     assert [(r.name, r.status, r.step) for r in runs] == [
         ("experiments/t.learning_rate-2e-3", "finished", 4), ("experiments/t.learning_rate-2e-4", "finished", 4)]
     assert [[f"{c['key']}: {c['old']} -> {c['new']}" for c in r.changes] for r in runs] == [
-        ["learning_rate: 0.001 -> 0.002"], ["learning_rate: 0.001 -> 0.0002"]]
+        ["learning_rate: 0.003 -> 0.002"], ["learning_rate: 0.003 -> 0.0002"]]
     assert runs[1].session_seconds == [1.0, 1.0]  # two sessions: cut after step 2, resumed to step 4
     assert runs[0].final_train_loss == pytest.approx(5.0 - 0.2 * 4)
     assert runs[1].final_train_loss == pytest.approx(5.0 - 0.02 * 4)
     assert out == work / "experiments_report" / "sweep_t"
     table = (out / "experiments.md").read_text()
-    assert "| experiments/t.learning_rate-2e-4 |" in table and "learning_rate: 0.001 -> 0.0002" in table
+    assert "| experiments/t.learning_rate-2e-4 |" in table and "learning_rate: 0.003 -> 0.0002" in table
     assert json.loads((out / "experiments.json").read_text())["runs"][1]["best_eval_loss"] == pytest.approx(5.42)
 
     again = FakeAxolotl()
@@ -126,9 +126,9 @@ def test_a_failed_run_does_not_stop_the_rest_and_is_retried(source, dest, capsys
 
 def test_a_copy_that_no_longer_matches_its_source_is_refused(source, dest):
     sweep(source, "lora_r=4", prefix="t", dest=dest, train=FakeAxolotl())
-    source.write_text(source.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
+    source.write_text(source.read_text().replace("micro_batch_size: 16", "micro_batch_size: 2"))
     with pytest.raises(UserError, match=r"t.lora_r-4.yml exists but is not this sweep's copy "
-                                        r"\(micro_batch_size: 2 -> 4\)"):
+                                        r"\(micro_batch_size: 2 -> 16\)"):
         sweep(source, "lora_r=4", prefix="t", dest=dest, train=FakeAxolotl())
 
 
@@ -142,14 +142,14 @@ def test_two_value_sweep_trains_on_the_tiny_model_and_resumes(tmp_path, tiny_con
     runs, out = sweep(source, "learning_rate=5e-3,2e-4", prefix="t", dest=dest)
     assert [(r.status, r.step, r.max_steps) for r in runs] == [("finished", 3, 3)] * 2
     assert [[f"{c['key']}: {c['old']} -> {c['new']}" for c in r.changes] for r in runs] == [
-        ["learning_rate: 0.001 -> 0.005"], ["learning_rate: 0.001 -> 0.0002"]]
+        ["learning_rate: 0.003 -> 0.005"], ["learning_rate: 0.003 -> 0.0002"]]
     for run, rate in zip(runs, (0.005, 0.0002)):
         assert [step for step, _ in run.train_curve] == [1, 2, 3] and [s for s, _ in run.eval_curve] == [0, 1, 2, 3]
         assert run.final_train_loss > 0 and run.best_eval_loss > 0 and run.train_seconds > 0
         state = json.loads((run.folder / "checkpoint-3" / "trainer_state.json").read_text())
         assert state["log_history"][1]["learning_rate"] == pytest.approx(rate)  # the copy trained with its value
     table = (out / "experiments.md").read_text()
-    assert "learning_rate: 0.001 -> 0.005" in table and f"{runs[1].final_train_loss:.4f}" in table
+    assert "learning_rate: 0.003 -> 0.005" in table and f"{runs[1].final_train_loss:.4f}" in table
     assert (out / "losses.png").stat().st_size > 10_000
 
     first_log = (runs[0].folder / "debug.log").stat().st_mtime_ns

@@ -264,22 +264,22 @@ def lm_eval_model(path: Path, max_length: int = 8192, threads: int = 2):
     return LlamaCppLM()
 
 
-def perplexity(path: Path, token_lists: list[list[int]], threads: int = 2) -> tuple[float, int]:
-    """Token-level perplexity of a GGUF file on `token_lists`, scored like the Hugging Face
-    checkpoints in glue/compress/report.py (each list on its own); returns (ppl, tokens)."""
+def perplexity(path: Path, scored: list[tuple[list[int], int]], threads: int = 2) -> tuple[float, int]:
+    """Perplexity of a GGUF file on the answer tokens of `scored`, scored like the Hugging Face
+    checkpoints in glue/compress/report.py; returns (ppl, answer tokens)."""
     import numpy as np
     from tqdm import tqdm
 
-    llm = load_gguf(path, max(map(len, token_lists)), threads)
+    llm = load_gguf(path, max(len(ids) for ids, _ in scored), threads)
     total_nll, total_tokens = 0.0, 0
-    for ids in tqdm(token_lists, desc=f"perplexity {path.name}", unit="record"):
+    for ids, start in tqdm(scored, desc=f"perplexity {path.name}", unit="record"):
         llm.reset()
         llm.eval(ids)
-        logits = llm.scores[:len(ids) - 1].astype(np.float64)
+        logits = llm.scores[start - 1:len(ids) - 1].astype(np.float64)  # position t predicts token t + 1
         top = logits.max(axis=1)
         log_norm = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-        total_nll += float((log_norm - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
-        total_tokens += len(ids) - 1
+        total_nll += float((log_norm - logits[np.arange(len(logits)), ids[start:]]).sum())
+        total_tokens += len(ids) - start
     return math.exp(total_nll / total_tokens), total_tokens
 
 

@@ -4,7 +4,9 @@ and the evaluation suite's score where its results exist. Writes report.md, repo
 a size-vs-quality plot (size_vs_quality.png).
 
 Perplexity is measured here, on the same token ids for every artefact (the held-out split
-rendered with the chat template and tokenized by the reference's tokenizer); GGUF files are
+rendered with the chat template and tokenized by the reference's tokenizer), over the
+assistant's answer tokens only: what the model was trained to write (prompt tokens are masked
+in training, and their noise would hide a quantization's cost); GGUF files are
 scored through llama-cpp-python. Eval-suite scores are not measured here:
 they are read from `<eval-dir>/<artefact name>/summary.json` (written by `python -m
 glue.eval.evaluate --out <eval-dir>/<artefact name>`) when that file exists, "-" otherwise.
@@ -23,22 +25,24 @@ from pathlib import Path
 from glue.core.checkpoints import disk_bytes
 from glue.core.io import UserError, atomic_path, run_cli, write_text_atomic
 from glue.core.manifest import write_manifest
-from glue.core.records import render_records
+from glue.core.records import answer_tokens
 
 
-def perplexity(model_dir: Path, token_lists: list[list[int]]) -> tuple[float, int]:
-    """Token-level perplexity of a checkpoint on `token_lists` (each scored on its own); returns (ppl, tokens)."""
+def perplexity(model_dir: Path, scored: list[tuple[list[int], int]]) -> tuple[float, int]:
+    """Perplexity of a checkpoint on the answer tokens of `scored` ((token ids, first answer
+    token) pairs, each conversation on its own); returns (ppl, answer tokens)."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
     total_nll, total_tokens = 0.0, 0
-    for ids in tqdm(token_lists, desc=f"perplexity {Path(model_dir).name}", unit="record"):
+    for ids, start in tqdm(scored, desc=f"perplexity {Path(model_dir).name}", unit="record"):
+        labels = torch.tensor([[-100] * start + ids[start:]])
         with torch.no_grad():
-            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss
-        total_nll += float(loss) * (len(ids) - 1)  # transformers averages over the len - 1 shifted targets
-        total_tokens += len(ids) - 1
+            loss = model(input_ids=torch.tensor([ids]), labels=labels).loss
+        total_nll += float(loss) * (len(ids) - start)  # transformers averages over the unmasked targets
+        total_tokens += len(ids) - start
     return math.exp(total_nll / total_tokens), total_tokens
 
 
@@ -68,11 +72,9 @@ def measure(reference: Path, artefacts: list[Path], heldout: Path, samples: int,
     tokenizer = AutoTokenizer.from_pretrained(reference)
     # Every artefact is scored on the same token ids (GGUF files too: `make gguf` checks that
     # llama.cpp tokenizes exactly like this tokenizer).
-    token_lists = [ids for ids in (tokenizer(text, add_special_tokens=False, truncation=True,
-                                             max_length=max_seq_length)["input_ids"]
-                                   for text in render_records(heldout, tokenizer, samples, seed)) if len(ids) > 1]
-    if not token_lists:
-        raise UserError(f"{heldout}: no record of two tokens or more")
+    scored = answer_tokens(heldout, tokenizer, samples, seed, max_seq_length)
+    if not scored:
+        raise UserError(f"{heldout}: no record that ends with an assistant turn and fits {max_seq_length} tokens")
     # Bits per parameter are counted against the reference model's parameters: a packed
     # 4-bit checkpoint stores fewer, larger tensors, so its own count would mislead.
     with torch.device("meta"):
@@ -83,9 +85,9 @@ def measure(reference: Path, artefacts: list[Path], heldout: Path, samples: int,
         if artefact.suffix == ".gguf":
             from glue.compress.gguf import perplexity as gguf_perplexity
 
-            (ppl, tokens), weights = gguf_perplexity(artefact, token_lists), artefact.stat().st_size
+            (ppl, tokens), weights = gguf_perplexity(artefact, scored), artefact.stat().st_size
         else:
-            (ppl, tokens), weights = perplexity(artefact, token_lists), disk_bytes(artefact, ".safetensors")
+            (ppl, tokens), weights = perplexity(artefact, scored), disk_bytes(artefact, ".safetensors")
         rows.append({
             "artefact": artefact.name, "path": str(artefact), "weights_bytes": weights,
             "bits_per_parameter": 8 * weights / parameters, "perplexity": ppl, "tokens": tokens,
@@ -106,7 +108,8 @@ def markdown(rows: list[dict], heldout: Path) -> str:
     lines = [
         "# Compression report",
         "",
-        f"Perplexity: token-level, on `{heldout}` rendered with the chat template ({rows[0]['tokens']} tokens). "
+        f"Perplexity: token-level, on the assistant answers of `{heldout}` rendered with the chat template "
+        f"({rows[0]['tokens']} answer tokens). "
         "PPL recovery = reference perplexity / artefact perplexity. Eval score: the evaluation suite's "
         "mean task score where its `summary.json` exists (\"-\": not evaluated). Bits/param: weights on disk "
         "x 8 / the reference model's parameter count (for GGUF files: the whole file).",

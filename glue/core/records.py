@@ -27,3 +27,24 @@ def render_records(data: Path, tokenizer, limit: int, seed: int) -> list[str]:
     conversations = load_conversations(data)
     random.Random(seed).shuffle(conversations)
     return [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations[:limit]]
+
+
+def answer_tokens(data: Path, tokenizer, limit: int, seed: int, max_len: int) -> list[tuple[list[int], int]]:
+    """For `limit` records of `data` (shuffled with `seed`) that end with an assistant turn and
+    fit `max_len` tokens: (the conversation's token ids with the chat template, the index of
+    that turn's first token). Scoring from that index scores what the model was trained to
+    write (prompt tokens are masked in training), not how well it guesses a user's question."""
+    conversations = load_conversations(data)
+    random.Random(seed).shuffle(conversations)
+    scored = []
+    for messages in conversations:
+        if len(scored) == limit:
+            break
+        if messages[-1].get("role") != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) < len(ids) <= max_len and ids[:len(prompt_ids)] == prompt_ids:
+            scored.append((ids, len(prompt_ids)))
+    return scored

@@ -74,8 +74,11 @@ class ReferenceTeacher:
 
 class SolverTeacher(ReferenceTeacher):
     """Offline teacher for the tiny profile's generated world: a real solver, not stored answers.
-    A new example is a fresh task of the cell most of the cluster's examples belong to, drawn
-    from the training split with a seed taken from the job, so reruns write the same one."""
+    A new example is a fresh task of the family most of the cluster's examples belong to, drawn
+    from the training split with a seed taken from the job, so reruns write the same one. Like a
+    teacher asked for "a different request of the same kind", it varies the difficulty: even
+    example numbers are of the cluster's own cell, odd ones of the family's other cell, so that
+    learning a failing cell (a carry) does not unlearn its sibling (plain addition)."""
 
     name = model = "solver"
 
@@ -85,11 +88,11 @@ class SolverTeacher(ReferenceTeacher):
             if not labels:
                 return ChatResult(job.key, None, "skipped: the cluster has no prompt of the generated world")
             family, variant = labels.most_common(1)[0][0].split("/")
-            seed = int(job.key[:8], 16)
-            for task in tiny_world.generate(50, seed, families=[family], hard_share=float(variant == "hard")):
-                if task.label == f"{family}/{variant}":
+            hard = (variant == "hard") == (job.meta.get("index", 0) % 2 == 0)
+            for task in tiny_world.generate(50, int(job.key[:8], 16), families=[family], hard_share=float(hard)):
+                if task.hard == hard:
                     return ChatResult(job.key, json.dumps({"instruction": task.prompt, "response": task.answer}))
-            return ChatResult(job.key, None, f"skipped: no new task of {family}/{variant} found")
+            return ChatResult(job.key, None, f"skipped: no new {family} task found")
         solved = tiny_world.solve(job.meta.get("prompt") or "")
         if solved is None:
             return super().answer(job)

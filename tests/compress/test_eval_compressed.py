@@ -12,11 +12,15 @@ from glue.core.io import UserError
 from glue.eval.evaluate import SUITES_DIR, evaluate, is_unsafe, load_suite, task_manager
 
 
-def test_project_suites_resolve_under_this_lm_eval(tmp_path):
+def test_project_suites_resolve_under_this_lm_eval(tmp_path, monkeypatch):
     manager = task_manager()
-    for suite in ("tiny_1a.yml", "real_1a.yml"):
+    for suite, count in (("tiny_1a.yml", 7), ("real_1a.yml", 3)):
         names = [t["task"] for t in load_suite(SUITES_DIR / suite, manager)["tasks"]]
-        assert len(names) == 3
+        assert len(names) == count
+    # the generated world's tasks build their held-out docs under this lm-eval release too
+    monkeypatch.chdir(SUITES_DIR.parents[1])
+    world = manager.load_task_or_group(["tiny_world_math"])["tiny_world_math"]
+    assert len(list(world.eval_docs)) == 200
     # the code tasks are recognised as such, so they stay behind ALLOW_CODE_EVAL=1
     assert is_unsafe(manager, "tiny_humaneval_instruct") and is_unsafe(manager, "humaneval_instruct")
     assert not is_unsafe(manager, "tiny_gsm8k_cot_llama") and not is_unsafe(manager, "mmlu_llama")
