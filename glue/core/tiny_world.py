@@ -153,6 +153,7 @@ CODE = Family(
     re.compile(r"^Write a Python function (?P<name>[a-z_]+)\(x\) that returns x "
                r"(?P<terms>(?:plus|minus|times) \d(?: (?:plus|minus|times) \d)*)\.$"),
     lambda p: len(p["terms"].split()) > 2,
+    # eval sees only what _expression builds from regex-checked terms: x, digits, + - *
     tests=lambda p: [f"assert {p['name']}({x}) == {eval(_expression(p['terms']), {'x': x})}" for x in (0, 3, 7)],
 )
 

@@ -1,9 +1,10 @@
-"""Answer tokens: the part of a rendered conversation that perplexity is scored on."""
+"""Answer tokens: the part of a rendered conversation that perplexity is scored on (glue.core.records
+runs where the compression stages run)."""
 
 from transformers import AutoTokenizer
 
 from glue.core.records import answer_tokens
-from tests.conftest import SFT_DIR
+from conftest import SFT_DIR
 
 
 def test_answer_tokens_start_at_the_assistants_answer(tiny_base):
