@@ -355,7 +355,7 @@ DEMO_STEPS := "data OVERWRITE=1" "eval MODEL=$(TINY_BASE) NAME=base" "train-1a O
 	dequantize "train-2e OVERWRITE=1" "merge-2e OVERWRITE=1" calibrate \
 	"calibrate CALIBRATION=choices HELDOUT=tests/fixtures/eval/mmlu_test.jsonl" eval-compressed compress-report package
 
-demo: ## the whole chain on the tiny profile, on CPU, offline, with each step's time
+demo: ## the whole chain on the tiny profile, on CPU, offline, with each step's time; then checks each stage's figure moved the right way (tests/demo)
 	$(MAKE) setup
 	@times=""; for step in $(DEMO_STEPS); do \
 	    start=$$(date +%s); $(MAKE) --no-print-directory PROFILE=tiny $$step; \

@@ -11,6 +11,8 @@ TORCHAO = (b"[2026-12-03 08:46:04,001] [WARNING] [torchao] Failed to load /w/.ve
            b"torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: Could not load this library: libcudart.so.12\n")
 USEFUL = b"[2026-12-03 08:48:25,981] [INFO] [axolotl.train] Training completed!\n"
 OTHER_WARNING = b"W1203 08:45:41 torch/utils/_pytree.py:630] something else entirely\n"
+LM_EVAL = (b"tiny_world_math: Custom kwargs can be passed to `--metadata` in console (as json string) or to the "
+           b"TaskManager.\n")
 
 
 def filtered(data: bytes, chunk: int) -> bytes:
@@ -22,7 +24,7 @@ def filtered(data: bytes, chunk: int) -> bytes:
 
 def test_known_noise_goes_and_the_rest_stays_in_any_chunking():
     progress = b"\r 10%|#         | 1/10\r 20%|##        | 2/10"
-    data = PYTREE + USEFUL + TORCHAO + OTHER_WARNING + progress
+    data = PYTREE + USEFUL + TORCHAO + LM_EVAL + OTHER_WARNING + progress
     for chunk in (1, 7, 64, len(data)):
         assert filtered(data, chunk) == USEFUL + OTHER_WARNING + progress
 

@@ -4,7 +4,8 @@ the useful lines are what a person sees: `python -m glue.train.axolotl_run axolo
 Dropped are only the lines listed in NOISE, which every Axolotl call (and every .venv stage that
 imports transformers, which loads torchao there) printed here before its first useful line and which ask nothing of the user: torch's `_pytree` notes that torchao
 registers enums the old way, and torchao's failures to load CUDA-only kernels (mxfp8,
-cutlass) on a CPU host. Everything else passes through unchanged and at once, progress bars
+cutlass) on a CPU host; and lm-eval's note, once per task that builds its own dataset (the
+tiny profile's world tasks), that such a task could take `--metadata` arguments. Everything else passes through unchanged and at once, progress bars
 included (a segment ends at a newline or a carriage return). The exit status is the command's.
 """
 
@@ -19,6 +20,7 @@ import threading
 NOISE = [
     re.compile(rb"torch/utils/_pytree\.py:\d+\] <enum '\w+'> is an Enum subclass and is now natively supported"),
     re.compile(rb"Failed to load \S*torchao/_C_(mxfp8|cutlass_90a)\S*\.so: Could not load this library"),
+    re.compile(rb"^\S*tiny_world_\w+: Custom kwargs can be passed to `--metadata` in console"),
 ]
 _SEGMENT = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
 
