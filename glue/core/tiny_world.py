@@ -283,10 +283,3 @@ def generate(n: int, seed: int, split: str = "train", hard_share: float = 0.5,
         seen.add(text)
         tasks.append(parse(text))
     return tasks
-
-
-def as_record(task: Task, index: int, source: str = "tiny_world") -> dict:
-    """The project's training-record shape (glue/core/records.py), id carrying the cell."""
-    return {"id": f"{source}:{task.family}-{'hard' if task.hard else 'easy'}:{index:05d}", "source": source,
-            "domain": task.domain, "messages": [{"role": "user", "content": task.prompt},
-                                                {"role": "assistant", "content": task.answer}]}

@@ -141,8 +141,9 @@ def generated_world(name: str, spec: dict) -> Loaded:
     tasks = tiny_world.generate(int(spec["rows"]), int(spec["seed"]), hard_share=float(spec["hard_share"]))
     out = Loaded(origin=f"glue.core.tiny_world seed {spec['seed']}")
     for index, task in enumerate(tasks):
-        record = tiny_world.as_record(task, index, source=name)
-        out.records.append({**record, "id": content_id(name, record["messages"]), "where": f"{out.origin} task {index}"})
+        messages = [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": task.answer}]
+        out.records.append({"id": content_id(name, messages), "source": name, "domain": task.domain,
+                            "messages": messages, "where": f"{out.origin} task {index}"})
     out.rows_read = len(out.records)
     return out
 
