@@ -28,7 +28,7 @@ from pathlib import Path
 
 from glue.core.io import UserError, atomic_path, iter_jsonl, require_file, run_cli, write_text_atomic
 from glue.core.manifest import write_manifest
-from glue.core.records import load_conversations
+from glue.core.records import answer_span, load_conversations
 
 BINS = 15
 LETTERS = "ABCDEFGHIJ"
@@ -87,7 +87,7 @@ def load_model(model_dir: Path):
 
 
 def assistant_logits(model, tokenizer, conversations: list[list[dict]], max_tokens: int, max_seq_length: int):
-    """Logits predicting each token of each conversation's last assistant turn, and the
+    """Logits predicting each token of each conversation's closing assistant turn, and the
     reference tokens: (float32 [n, vocab], int64 [n]), at most `max_tokens` rows."""
     import torch
     from tqdm import tqdm
@@ -96,24 +96,19 @@ def assistant_logits(model, tokenizer, conversations: list[list[dict]], max_toke
     for messages in tqdm(conversations, desc="scoring held-out records", unit="record"):
         if kept >= max_tokens:
             break
-        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-        if last is None:
+        span = answer_span(messages, tokenizer, max_seq_length)
+        if span is None:
             continue
-        prompt = tokenizer.apply_chat_template(messages[:last], add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages[: last + 1], tokenize=False)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_seq_length]
-        if len(ids) <= len(prompt_ids) or ids[: len(prompt_ids)] != prompt_ids:
-            continue  # the answer was cut off by max_seq_length, or tokens merged across the boundary
+        ids, start = span
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0].float()
-        answer = slice(len(prompt_ids) - 1, len(ids) - 1)  # position t predicts token t + 1
-        take = min(answer.stop - answer.start, max_tokens - kept)
-        rows.append(logits[answer][:take])
-        targets.append(torch.tensor(ids[answer.start + 1: answer.stop + 1][:take]))
+        take = min(len(ids) - start, max_tokens - kept)
+        rows.append(logits[start - 1: start - 1 + take])  # position t predicts token t + 1
+        targets.append(torch.tensor(ids[start: start + take]))
         kept += take
     if not rows:
-        raise UserError("no scorable assistant turns in the held-out split (records need an assistant message)")
+        raise UserError("no scorable assistant turns in the held-out split (records must end with an "
+                        f"assistant message that fits {max_seq_length} tokens)")
     return torch.cat(rows), torch.cat(targets)
 
 

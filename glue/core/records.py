@@ -1,5 +1,6 @@
 """The project's record format: one JSON object per line with a `messages` list (role/content),
-as Phase 0 writes it and every later stage reads it."""
+as Phase 0 writes it and every later stage reads it; and the one answer-token loss over such
+records (the compression report's perplexity, the modifier report's held-out loss)."""
 
 from __future__ import annotations
 
@@ -29,22 +30,47 @@ def render_records(data: Path, tokenizer, limit: int, seed: int) -> list[str]:
     return [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations[:limit]]
 
 
+def answer_span(messages: list[dict], tokenizer, max_len: int) -> tuple[list[int], int] | None:
+    """(the conversation's token ids with the chat template, the index of its last turn's first
+    token) when that turn is the assistant's and the whole conversation fits `max_len` tokens;
+    else None. Scoring from that index scores what the model was trained to write (prompt
+    tokens are masked in training), not how well it guesses a user's question."""
+    if messages[-1].get("role") != "assistant":
+        return None
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    # a template that merges tokens across the prompt/answer boundary has no clean answer span
+    if len(prompt_ids) < len(ids) <= max_len and ids[:len(prompt_ids)] == prompt_ids:
+        return ids, len(prompt_ids)
+    return None
+
+
 def answer_tokens(data: Path, tokenizer, limit: int, seed: int, max_len: int) -> list[tuple[list[int], int]]:
-    """For `limit` records of `data` (shuffled with `seed`) that end with an assistant turn and
-    fit `max_len` tokens: (the conversation's token ids with the chat template, the index of
-    that turn's first token). Scoring from that index scores what the model was trained to
-    write (prompt tokens are masked in training), not how well it guesses a user's question."""
+    """answer_span of `limit` records of `data` (shuffled with `seed`) that have one."""
     conversations = load_conversations(data)
     random.Random(seed).shuffle(conversations)
     scored = []
     for messages in conversations:
         if len(scored) == limit:
             break
-        if messages[-1].get("role") != "assistant":
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
-        if len(prompt_ids) < len(ids) <= max_len and ids[:len(prompt_ids)] == prompt_ids:
-            scored.append((ids, len(prompt_ids)))
+        span = answer_span(messages, tokenizer, max_len)
+        if span is not None:
+            scored.append(span)
     return scored
+
+
+def answer_loss(model, scored: list[tuple[list[int], int]], desc: str) -> tuple[float, int]:
+    """Mean negative log-likelihood per answer token of a loaded causal LM over `scored`
+    (`answer_tokens`' pairs, each conversation on its own), and the number of answer tokens."""
+    import torch
+    from tqdm import tqdm
+
+    total_nll, total_tokens = 0.0, 0
+    for ids, start in tqdm(scored, desc=desc, unit="record"):
+        labels = torch.tensor([[-100] * start + ids[start:]], device=model.device)
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([ids], device=model.device), labels=labels).loss
+        total_nll += float(loss) * (len(ids) - start)  # transformers averages over the unmasked targets
+        total_tokens += len(ids) - start
+    return total_nll / total_tokens, total_tokens
