@@ -61,3 +61,15 @@ def test_compression_costs_a_little_perplexity_and_f16_costs_none():
     for name in ("w4a16_gptq", "model-Q4_K_M.gguf"):
         assert rows[name]["perplexity"] > merged * 1.0004, (name, rows[name]["perplexity"], merged)
     assert abs(rows["model-f16.gguf"]["perplexity"] / merged - 1) < 0.0001, rows["model-f16.gguf"]["perplexity"]
+
+
+def test_2e_recovery_trained_on_the_dense_copy_and_merged_behind_the_guard():
+    """`make dequantize train-2e merge-2e` as the demo ran them (the tests do not train 2E again):
+    the adapter was trained on the dense copy of the W4A16 model and merged into full precision."""
+    adapter = read_json(WORK / "2e_recovery" / "adapter_config.json")
+    assert Path(adapter["base_model_name_or_path"]).name == "2e_recovery_base", adapter["base_model_name_or_path"]
+    assert read_json(WORK / "2e_recovery_base" / "manifest.json")["stage"] == "dequantize"
+    merged = WORK / "2e_recovery" / "merged"
+    assert "quantization_config" not in read_json(merged / "config.json")
+    figures = read_json(merged / "manifest.json")["figures"]
+    assert figures["failures"] == [] and figures["relative_diff"] <= 1e-5, figures
