@@ -69,7 +69,10 @@ LLAMA_CPP_CACHE ?= $(HOME)/.cache/cogumi/llama-cpp
 LLAMA_CPP_BUILD := $(shell (cat requirements-gguf.txt; echo '$(LLAMA_CPP_CMAKE_ARGS)') | sha256sum | cut -c1-16)
 LLAMA_CPP_SDIST := $(LLAMA_CPP_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 LLAMA_CPP := $(VENV_COMPRESS)/src/llama.cpp
-STAMP_GGUF := $(VENV_COMPRESS)/.llama-cpp-$(LLAMA_CPP_BUILD)
+# What setup unpacks from the sdist. The stamp carries the list, so a file added here reaches an
+# existing environment too (from the cached wheel: llama-cpp-python is not rebuilt).
+LLAMA_CPP_FILES := convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py LICENSE
+STAMP_GGUF := $(VENV_COMPRESS)/.llama-cpp-$(shell echo '$(LLAMA_CPP_BUILD) $(LLAMA_CPP_FILES)' | sha256sum | cut -c1-16)
 
 # Axolotl/transformers/lm-eval must never reach a hub in the tiny profile.
 ifeq ($(PROFILE),tiny)
@@ -129,7 +132,7 @@ $(STAMP_GGUF): requirements-gguf.txt | $(STAMP_COMPRESS)
 	$(VENV_COMPRESS)/bin/pip check
 	rm -rf $(LLAMA_CPP) && mkdir -p $(LLAMA_CPP)
 	tar -xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP) --strip-components=3 \
-	    $(addprefix llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE)
+	    $(addprefix llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/,$(LLAMA_CPP_FILES))
 	touch $@
 
 setup-gpu: $(STAMP) ## GPU hosts only: add flash-attn and deepspeed to the training environment
@@ -347,13 +350,56 @@ merge-2e: ## 2E: guarded merge of the recovery adapter (then compress it again: 
 package: $(STAMP_COMPRESS) ## zstd archive + SHA-256 + manifest of an artefact [ARTEFACT=dir, default: RECIPE's output] (always rebuilds)
 	$(PY_COMPRESS) -m glue.compress.package pack $(or $(ARTEFACT),$(COMPRESSED)) --out $(WORK)/packages --overwrite
 
+# ---- Phase 3: domain modifiers -------------------------------------------------------------
+#: DOMAIN  modifier, modifier-data: a domain of templates/modifiers.yml, e.g. code
+DOMAIN ?=
+MODIFIER_CONFIG = $(CONFIGS)/3_modifier_$(DOMAIN).yml
+# What `make modifiers` trains: the domains templates/modifiers.yml marks `mvp: true`.
+MVP_DOMAINS = $(shell $(PY) -c 'from glue.core.modifiers import load_modifiers, mvp_domains; print(*mvp_domains(load_modifiers()))')
+check_domain = [ -f $(MODIFIER_CONFIG) ] || { echo "error: DOMAIN='$(DOMAIN)' has no config $(MODIFIER_CONFIG): set DOMAIN \
+	to one of $(patsubst $(CONFIGS)/3_modifier_%.yml,%,$(wildcard $(CONFIGS)/3_modifier_*.yml)) (templates/modifiers.yml), e.g. make $@ DOMAIN=code" >&2; exit 2; }
+
+.PHONY: modifier-data modifier modifiers modifiers-report
+modifier-data: $(STAMP) ## Phase 3: a modifier's data: the domain's curated rows + 1B/1C targeted examples for the base's failures [DOMAIN=code] [BUDGET_USD=n] [ALLOW_CODE_EVAL=1]
+	@$(check_domain)
+	$(CODE_ENV) $(QUIET) $(PY) -m glue.modifiers.data --profile $(PROFILE) --domain $(DOMAIN) \
+	    $(if $(filter 1,$(OVERWRITE)),--overwrite) $(if $(BUDGET_USD),--budget-usd $(BUDGET_USD)) $(CODE_FLAG)
+
+# Trained through `make train` like every stage, then the base's hash is recorded beside the
+# adapter, so the loader can tell the base it was trained over from one rebuilt in place.
+modifier: $(STAMP) ## Phase 3: train one domain modifier (a LoRA adapter over the merged 1C model, kept unmerged): make modifier DOMAIN=code (builds its data first if missing)
+	@$(check_domain)
+	$(QUIET) $(PY) -m glue.train.validate_config --hardware-only $(MODIFIER_CONFIG)
+	[ -f $(WORK)/modifiers/$(DOMAIN)/data/train.jsonl ] && [ "$(OVERWRITE)" != 1 ] || $(MAKE) modifier-data
+	$(MAKE) train CONFIG=$(MODIFIER_CONFIG)
+	$(PY) -m glue.modifiers.hotswap record $(MODIFIER_CONFIG) $(if $(RUN),--run $(RUN))
+
+modifiers: $(STAMP) ## Phase 3: train every modifier templates/modifiers.yml marks `mvp: true`, one after another
+	for domain in $(MVP_DOMAINS); do $(MAKE) modifier DOMAIN=$$domain; done
+
+modifiers-report: $(STAMP) ## Phase 3: every trained modifier on every domain vs the base: table, heatmap, adapter sizes [SUITE=file] [ALLOW_CODE_EVAL=1] (always rebuilds)
+	$(CODE_ENV) $(QUIET) $(PY) -m glue.modifiers.report --profile $(PROFILE) --suite $(SUITE) \
+	    --out $(WORK)/modifiers/report $(CODE_FLAG) --overwrite
+
+# ---- Phase 3: modifiers in llama.cpp -----------------------------------------------------------
+#: ADAPTERS  modifier-gguf: PEFT LoRA adapters as NAME=FOLDER (default: every trained modifier, work/<profile>/modifiers/<domain>/adapter)
+ADAPTERS ?= $(foreach f,$(wildcard $(WORK)/modifiers/*/adapter/adapter_model.safetensors),$(notdir $(patsubst %/adapter/adapter_model.safetensors,%,$(f)))=$(dir $(f)))
+.PHONY: modifier-gguf
+modifier-gguf: $(STAMP_COMPRESS) $(STAMP_GGUF) ## Phase 3: modifiers to GGUF (llama.cpp's converter), hot-swapped on each make gguf file, checked against transformers+peft [ADAPTERS="name=dir ..."] [MODEL=dir] (always rebuilds)
+	@[ -n "$(strip $(ADAPTERS))" ] || { echo "error: no trained modifier (no $(WORK)/modifiers/*/adapter/adapter_model.safetensors): run make modifiers first, or set ADAPTERS=\"name=<PEFT LoRA folder> ...\"" >&2; exit 2; }
+	$(PY_COMPRESS) -m glue.modifiers.gguf_adapter $(ADAPTERS) --base-model $(COMPRESS_FROM) --gguf $(WORK)/gguf \
+	    --converter $(LLAMA_CPP) --data $(DATA)/val.jsonl --out $(WORK)/modifiers/gguf --overwrite
+
 # The demo's steps, in order, each run as `make <step> PROFILE=tiny`; each stage is rerun from scratch.
+# It compresses with one recipe of each kind (GPTQ and AWQ 4-bit weights, 2:4 sparsity): the
+# tests compress with every recipe, and the multiple-choice calibration runs there too.
+DEMO_RECIPES := w4a16_gptq w4a16_awq sparse_2of4
 DEMO_STEPS := "data OVERWRITE=1" "eval MODEL=$(TINY_BASE) NAME=base" "train-1a OVERWRITE=1" "merge-1a OVERWRITE=1" \
 	"eval-1a BASELINE=work/tiny/eval/base" failures-1b distill-1c \
-	"train-1c OVERWRITE=1" "merge-1c OVERWRITE=1" eval-1c \
-	$(foreach r,$(wildcard compression_recipes/*.yaml),"compress RECIPE=$(r) OVERWRITE=1") "gguf OVERWRITE=1" \
+	"train-1c OVERWRITE=1" "merge-1c OVERWRITE=1" eval-1c "modifiers OVERWRITE=1" modifiers-report \
+	$(foreach r,$(DEMO_RECIPES),"compress RECIPE=compression_recipes/$(r).yaml OVERWRITE=1") "gguf OVERWRITE=1" modifier-gguf \
 	dequantize "train-2e OVERWRITE=1" "merge-2e OVERWRITE=1" calibrate \
-	"calibrate CALIBRATION=choices HELDOUT=tests/fixtures/eval/mmlu_test.jsonl" eval-compressed compress-report package
+	"eval-compressed SUITE=eval_configs/suites/tiny_2.yml" compress-report package
 
 demo: ## the whole chain on the tiny profile, on CPU, offline, with each step's time; then checks each stage's figure moved the right way (tests/demo)
 	$(MAKE) setup

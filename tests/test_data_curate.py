@@ -9,7 +9,7 @@ import yaml
 
 from glue.core import tiny_world
 from glue.core.io import UserError
-from glue.data.curate import CONFIG, curate, load_config, main, split_validation, tag_domain
+from glue.data.curate import CONFIG, DOMAINS, curate, load_config, main, split_validation, tag_domain
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "tests" / "fixtures" / "sources"
@@ -33,8 +33,9 @@ def test_outputs_and_format(curated):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     rows, train, val = read(out / "curated.jsonl"), read(out / "train.jsonl"), read(out / "val.jsonl")
     assert all(set(r) == {"id", "source", "domain", "messages"} for r in rows)
-    assert {r["domain"] for r in rows} <= {"code", "math", "reasoning", "science", "conversation", "creative",
-                                           "automation"}
+    assert {r["domain"] for r in rows} <= set(DOMAINS)
+    # the finance questions planted at the end of alpaca_gpt4.jsonl give the tiny profile the domain
+    assert sum(r["domain"] == "finance" and r["source"] == "alpaca_gpt4" for r in rows) >= 12
     assert len({r["id"] for r in rows}) == len(rows) == figures["rows_kept"]
     assert {r["id"] for r in train} | {r["id"] for r in val} == {r["id"] for r in rows}
     assert not {r["id"] for r in train} & {r["id"] for r in val} and val
@@ -138,6 +139,11 @@ def test_domain_rules():
     assert tag("Write a poem about the sea.") == "creative"
     assert tag("Why do atoms bond?") == "science"
     assert tag("Is the premise entailed by the hypothesis?") == "reasoning"
+    assert tag("Write a bash script that backs up my photos every night with cron.") == "automation"
+    assert tag("Turn this request into a JSON command: remind me at 5pm.") == "automation"
+    assert tag("What is the difference between a stock and a bond?") == "finance"
+    assert tag("Calculate the compound interest on $500 at 4% for 2 years.") == "finance"
+    assert tag("Write a Python function that computes compound interest.") == "code"
     assert tag("Anything", {"domain": "math"}) == "math"
     assert tag("Write a poem.", config["sources"]["dolly"], category="creative_writing") == "creative"
 

@@ -23,10 +23,14 @@ VENVS = {"train": ROOT / ".venv", "compress": ROOT / ".venv-compress"}
 # llama-cpp-python sdist by `make setup` (glue/compress/gguf.py puts them on sys.path).
 SOURCE_TREES = {"compress": [ROOT / ".venv-compress/src/llama.cpp", ROOT / ".venv-compress/src/llama.cpp/gguf-py"]}
 ENVIRONMENTS = {"data": {"train"}, "train": {"train"}, "eval": {"train"}, "distill": {"train"},
-                "compress": {"compress"}}
+                "compress": {"compress"}, "modifiers": {"train"}}
 RUNS_IN_BOTH = {
     "glue.eval.evaluate": "make eval-1a scores merged checkpoints in .venv; make eval-compressed scores "
                           "compressed-tensors checkpoints and GGUF files, which only .venv-compress can load",
+}
+# A module that runs in one environment other than its phase's.
+RUNS_ONLY_IN = {
+    "glue.modifiers.gguf_adapter": ("compress", "llama.cpp's runtime and LoRA converter are installed in .venv-compress only"),
 }
 ALLOWED = {
     ("glue.distill.build", "glue.data.dedup"):
@@ -35,6 +39,17 @@ ALLOWED = {
     ("glue.eval.evaluate", "glue.compress.gguf"):
         "a suite scores a GGUF file through the lm-eval model that sits beside the GGUF export; imported "
         "inside the GGUF branch, which runs only in .venv-compress",
+    # Phase 3 reruns 1B and 1C on one domain's rows: their own code, so the same judge, clusters,
+    # teacher, budget and resume rules, not a second copy that drifts.
+    ("glue.modifiers.data", "glue.eval.failures"): "1B's judge, run on a domain's rows",
+    ("glue.modifiers.data", "glue.eval.cluster"): "1B's clusters of those failures",
+    ("glue.modifiers.data", "glue.distill.build"): "1C's teacher examples for those clusters",
+    ("glue.modifiers.data", "glue.distill.jobs"): "1C's budget stop, reported as `make distill-1c` reports it",
+    ("glue.modifiers.gguf_adapter", "glue.compress.gguf"):
+        "the GGUF adapters are checked over `make gguf`'s base files, loaded and compared as `make gguf` checks them",
+    ("glue.modifiers.report", "glue.eval.evaluate"):
+        "the domain's tasks run as `make eval` runs a suite (one lm-eval call, one results layout), with the "
+        "modifier given to lm-eval as peft=",
 }
 
 
@@ -91,7 +106,8 @@ def test_allow_list_entries_are_still_needed():
 
 def environments() -> dict[str, set[str]]:
     """The environments each module runs in: its phase's, and for core, its importers'."""
-    envs = {m: set(VENVS) if m in RUNS_IN_BOTH else set(ENVIRONMENTS.get(phase(m), ())) for m in MODULES}
+    envs = {m: set(VENVS) if m in RUNS_IN_BOTH else {RUNS_ONLY_IN[m][0]} if m in RUNS_ONLY_IN
+            else set(ENVIRONMENTS.get(phase(m), ())) for m in MODULES}
     changed = True
     while changed:  # core modules inherit their importers' environments, through core too
         changed = False

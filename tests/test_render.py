@@ -11,8 +11,9 @@ import jinja2
 import pytest
 import yaml
 
+from glue.core import modifiers
 from glue.core.io import UserError
-from glue.core.paths import ROOT
+from glue.core.paths import ROOT, relative
 from glue.train import render
 
 TEMPLATE = render.TEMPLATES / "axolotl" / "sft.yml.j2"
@@ -28,6 +29,14 @@ REAL_VALUES = {
     ("real", "1a_base_sft"): "5713fbf77c63a6fe42ffd5429203664db153a357aec656e368c5845c3abff8b6",
     ("real", "1c_distill"): "c8ab34b05abf183875965778c54e37d43af66779016c51302e7fde7e8a43fe96",
     ("real", "2e_recovery"): "138a75af5bada3ef0353fd01a21cf9be1f043d44f8ba694a59aa5610ed0da2ec",
+    # Phase 3's modifiers, as first rendered from templates/modifiers.yml
+    ("real", "3_modifier_code"): "04313df7f198c9e52b7db2280688118e2762a568a83708f527a19593fe86c2d9",
+    ("real", "3_modifier_reasoning"): "f4c37b1d6210c85b732681be909028b9de93549c9100e25233b72072402ef9d7",
+    ("real", "3_modifier_automation"): "5d74c286ae2c028fcf6c24865da49b64d85d53a2e3aad8017303c9c3519c4a58",
+    ("real", "3_modifier_math"): "f65165023fd8434deb678c2d1cada4770e3da745bc4fa99b1338f2eea35a58ba",
+    ("real", "3_modifier_science"): "299040d6cd7d681764476bcf3b6d1b610ea1dbe7d915116084cde05acd6292ec",
+    ("real", "3_modifier_finance"): "23cc83bbda13404d3df7ce6a778bf4756d2c125f4ed39739f03eda254e988dd0",
+    ("real", "3_modifier_creative"): "a971bf86928d73fb481ddd7fe63e8c487fc0738d033404cf69a278c10272e764",
 }
 
 
@@ -37,10 +46,10 @@ def test_committed_configs_match_a_fresh_render():
 
 def test_every_profile_renders_every_stage_with_a_header():
     for profile in render.profile_names():
-        for stage in render.load_stages():
+        for stage, spec in render.load_stages().items():
             text = render.render_stage(profile, stage)
             assert text.startswith("# ") and f"profile: {profile}" in text
-            assert "templates/stages.yml" in text.split("\n\n")[0]
+            assert relative(spec["source"]) in text.split("\n\n")[0]
             assert yaml.safe_load(text)["output_dir"].startswith(f"work/{profile}/")
 
 
@@ -62,14 +71,16 @@ def test_the_real_profiles_values_are_unchanged():
         assert hashlib.sha256(canonical.encode()).hexdigest() == digest, f"{profile}/{stage} now loads to {canonical}"
 
 
-def _source_value(file: str, dotted_key: str, profile: str):
-    """The value `dotted_key` of `file` holds, with a stage string's {{ profile values }} filled in."""
+def _source_value(file: str, dotted_key: str, profile: str, stage: str):
+    """The value `dotted_key` of `file` holds, with a stage string's {{ profile values }} (and a
+    modifier's {{ domain }}) filled in."""
     value = yaml.safe_load((ROOT / file).read_text())
     for part in dotted_key.split("."):
         value = value[part]
     if isinstance(value, str) and "{{" in value:
         profile_values = yaml.safe_load((render.TEMPLATES / "profiles" / f"{profile}.yml").read_text())
-        value = jinja2.Template(value, undefined=jinja2.StrictUndefined).render(**profile_values)
+        value = jinja2.Template(value, undefined=jinja2.StrictUndefined).render(
+            **profile_values, domain=modifiers.domain_of(stage))
     return value
 
 
@@ -92,7 +103,7 @@ def test_every_templated_key_names_the_file_and_key_that_set_it():
                 origin = PROVENANCE.match(line)
                 assert origin, f"{path}:{number}: templated value without a provenance comment"
                 assert (ROOT / origin["file"]).is_file(), f"{path}:{number}: no such file"
-                assert _source_value(origin["file"], origin["key"], profile) == yaml.safe_load(origin["value"]), \
+                assert _source_value(origin["file"], origin["key"], profile, stage) == yaml.safe_load(origin["value"]), \
                     f"{path}:{number}: {origin['file']}: {origin['key']} does not hold this value"
 
 
@@ -158,3 +169,34 @@ def test_check_reports_a_hand_edited_file(tmp_path):
 @pytest.mark.parametrize("value,expected", [("a: b", "'a: b'"), (True, "true"), (2e-4, "0.0002"), ("work/x", "work/x")])
 def test_yaml_scalar_quotes_only_when_needed(value, expected):
     assert render.yaml_scalar(value) == expected
+
+
+def test_a_modifier_takes_every_modifiers_values_then_its_own():
+    values = render.stage_values("real", "3_modifier_code")
+    assert values["base_model"].value == "work/real/1c_distill/merged"
+    assert values["base_model"].origin == "templates/modifiers.yml: values.base_model"
+    assert values["output_dir"].value == "work/real/modifiers/code/adapter"
+    assert values["learning_rate"].origin == "templates/profiles/real.yml: stages.3_modifier.learning_rate"
+    assert values["lora_r"].origin == "templates/profiles/real.yml: stages.3_modifier_code.lora_r"
+    assert render.stage_values("real", "3_modifier_reasoning")["lora_r"].origin == \
+        "templates/profiles/real.yml: stages.3_modifier.lora_r"
+    for profile in render.profile_names():
+        for domain in modifiers.load_modifiers()["domains"]:
+            cfg = yaml.safe_load(render.render_stage(profile, modifiers.stage_name(domain)))
+            assert cfg["adapter"] == "lora" and not cfg.get("load_in_4bit") and not cfg.get("load_in_8bit")
+            assert cfg["datasets"][0]["path"] == f"work/{profile}/modifiers/{domain}/data/train.jsonl"
+
+
+def test_a_profile_block_for_no_stage_is_an_error(scratch_templates):
+    profile = scratch_templates / "profiles" / "tiny.yml"
+    profile.write_text(profile.read_text() + "  3_modifier_cod:\n    lora_r: 4\n")
+    with pytest.raises(UserError, match=r"tiny\.yml: stages\.3_modifier_cod is no stage .*3_modifier_code"):
+        render.render_stage("tiny", "1a_base_sft", scratch_templates)
+
+
+def test_axolotl_values_per_profile_are_refused_in_modifiers_yml(scratch_templates):
+    path = scratch_templates / "modifiers.yml"
+    path.write_text(path.read_text() + "  real:\n    values: {lora_r: 4}\n")
+    with pytest.raises(UserError, match=r"profiles\.real may set domains, failures, not values .*"
+                                        r"templates/profiles/real\.yml under stages\.3_modifier"):
+        render.render_stage("real", "3_modifier_code", scratch_templates)

@@ -166,22 +166,34 @@ def prompts_from(data: Path, tokenizer, count: int) -> list[tuple[str, list[int]
     return prompts
 
 
-def reference_continuations(model_dir: Path, prompts: list[tuple[str, list[int]]],
-                            max_new_tokens: int) -> tuple[list[list[int]], int]:
-    """transformers' greedy continuation of each prompt, and the model's parameter count."""
+def load_reference(model_dir: Path):
+    """The transformers model the GGUF files are checked against: fp32 on CPU, its own dtype on a GPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if device == "cpu" else "auto")
-    model.to(device).eval()
+    return model.to(device).eval()
+
+
+def greedy_continuations(model, prompts: list[tuple[str, list[int]]], max_new_tokens: int) -> list[list[int]]:
+    """A transformers (or peft) model's greedy continuation of each prompt."""
+    import torch
+
     continuations = []
     with torch.no_grad():
         for _, ids in prompts:
-            out = model.generate(torch.tensor([ids], device=device), do_sample=False, max_new_tokens=max_new_tokens,
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device))
+            out = model.generate(torch.tensor([ids], device=model.device), do_sample=False, max_new_tokens=max_new_tokens,
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device))
             continuations.append(out[0, len(ids):].tolist())
-    return continuations, sum(p.numel() for p in model.parameters())
+    return continuations
+
+
+def reference_continuations(model_dir: Path, prompts: list[tuple[str, list[int]]],
+                            max_new_tokens: int) -> tuple[list[list[int]], int]:
+    """transformers' greedy continuation of each prompt, and the model's parameter count."""
+    model = load_reference(model_dir)
+    return greedy_continuations(model, prompts, max_new_tokens), sum(p.numel() for p in model.parameters())
 
 
 def load_gguf(path: Path, n_ctx: int, threads: int, logits_all: bool = True):
@@ -283,14 +295,27 @@ def perplexity(path: Path, scored: list[tuple[list[int], int]], threads: int = 2
     return math.exp(total_nll / total_tokens), total_tokens
 
 
-def compare(path: Path, prompts: list[tuple[str, list[int]]], references: list[list[int]], threads: int) -> dict:
-    """Token ids, greedy continuations and teacher-forced top-1 agreement of one GGUF file."""
+def context_size(prompts: list[tuple[str, list[int]]], references: list[list[int]]) -> int:
+    """llama.cpp context that holds the longest prompt with its reference continuation."""
+    return max(len(ids) + len(ref) for (_, ids), ref in zip(prompts, references)) + 8
+
+
+def teacher_forced_logits(llm, ids: list[int], ref: list[int]):
+    """llama.cpp's next-token logits at each token of `ref` fed after `ids` (row t predicts ref[t])."""
     import numpy as np
 
-    n_ctx = max(len(ids) + len(ref) for (_, ids), ref in zip(prompts, references)) + 8
-    llm = load_gguf(path, n_ctx, threads)
+    llm.reset()
+    llm.eval(ids + ref)
+    return np.array(llm.scores[len(ids) - 1:len(ids) + len(ref) - 1])
+
+
+def agreement(llm, prompts: list[tuple[str, list[int]]], references: list[list[int]]) -> tuple[dict, list]:
+    """Token ids, greedy continuations and teacher-forced top-1 agreement of a loaded GGUF model
+    (a Llama with logits_all), and the teacher-forced logits of each prompt with a reference."""
+    import numpy as np
+
     tokens_match = greedy_match = agree = positions = 0
-    prefix = []
+    prefix, logits = [], []
     for (text, ids), ref in zip(prompts, references):
         tokens_match += llm.tokenize(text.encode(), add_bos=False, special=True) == ids
         generated = []
@@ -301,15 +326,18 @@ def compare(path: Path, prompts: list[tuple[str, list[int]]], references: list[l
         greedy_match += generated == ref
         prefix.append(next((i for i, (a, b) in enumerate(zip(generated, ref)) if a != b), min(len(generated), len(ref))))
         if ref:
-            llm.reset()
-            llm.eval(ids + ref)
-            predicted = np.argmax(llm.scores[len(ids) - 1:len(ids) + len(ref) - 1], axis=1)
-            agree += int((predicted == np.array(ref)).sum())
+            logits.append(teacher_forced_logits(llm, ids, ref))
+            agree += int((np.argmax(logits[-1], axis=1) == np.array(ref)).sum())
             positions += len(ref)
     n = len(prompts)
     return {"prompts": n, "tokenizer_match": tokens_match / n, "greedy_exact_match": greedy_match / n,
             "greedy_mean_common_prefix": round(sum(prefix) / n, 2),
-            "top1_agreement": round(agree / positions, 4) if positions else None}
+            "top1_agreement": round(agree / positions, 4) if positions else None}, logits
+
+
+def compare(path: Path, prompts: list[tuple[str, list[int]]], references: list[list[int]], threads: int) -> dict:
+    """Token ids, greedy continuations and teacher-forced top-1 agreement of one GGUF file."""
+    return agreement(load_gguf(path, context_size(prompts, references), threads), prompts, references)[0]
 
 
 def export(model_dir: Path, out: Path, types: list[str], data: Path, converter_dir: Path, base_type: str = "f16",

@@ -25,25 +25,17 @@ from pathlib import Path
 from glue.core.checkpoints import disk_bytes
 from glue.core.io import UserError, atomic_path, run_cli, write_text_atomic
 from glue.core.manifest import write_manifest
-from glue.core.records import answer_tokens
+from glue.core.records import answer_loss, answer_tokens
 
 
 def perplexity(model_dir: Path, scored: list[tuple[list[int], int]]) -> tuple[float, int]:
     """Perplexity of a checkpoint on the answer tokens of `scored` ((token ids, first answer
     token) pairs, each conversation on its own); returns (ppl, answer tokens)."""
-    import torch
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
-    total_nll, total_tokens = 0.0, 0
-    for ids, start in tqdm(scored, desc=f"perplexity {Path(model_dir).name}", unit="record"):
-        labels = torch.tensor([[-100] * start + ids[start:]])
-        with torch.no_grad():
-            loss = model(input_ids=torch.tensor([ids]), labels=labels).loss
-        total_nll += float(loss) * (len(ids) - start)  # transformers averages over the unmasked targets
-        total_tokens += len(ids) - start
-    return math.exp(total_nll / total_tokens), total_tokens
+    nll, tokens = answer_loss(model, scored, f"perplexity {Path(model_dir).name}")
+    return math.exp(nll), tokens
 
 
 def eval_score(summary: Path) -> float | None:

@@ -1,5 +1,5 @@
 """Model folders on disk: the one check that a path holds a loadable checkpoint, whether a
-training run finished, and sizes."""
+training run finished, whether an adapter belongs on a base, and sizes."""
 
 from __future__ import annotations
 
@@ -44,6 +44,25 @@ def check_model_dir(path: str | Path, *, gguf_ok: bool = False, dense: str | Non
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}/config.json cannot be loaded by transformers: {exc}") from None
     return path
+
+
+def same_model(a: str | Path, b: str | Path) -> bool:
+    """Whether two base-model names (an adapter's `base_model_name_or_path`, a config's
+    `base_model`) are the same model: one folder when either is a local path, else one hub id."""
+    if Path(a).exists() or Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def adapter_base_mismatch(adapter_dir: str | Path, base: str, base_role: str, fix: str) -> str | None:
+    """Why the LoRA adapter in `adapter_dir` was not trained on `base` (None when it was), in the
+    words of the merge guard and the modifier loader alike: `base_role` says what `base` is to
+    the caller ("the config's base_model"), `fix` what to do."""
+    config = Path(adapter_dir) / "adapter_config.json"
+    trained_on = json.loads(config.read_text()).get("base_model_name_or_path", "")
+    if same_model(trained_on, str(base)):
+        return None
+    return f"{config}: the adapter was trained on `{trained_on}` but {base_role} is `{base}`: {fix}"
 
 
 # Axolotl writes these into the run folder only when training ends (checkpoints go to

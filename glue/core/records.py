@@ -60,17 +60,29 @@ def answer_tokens(data: Path, tokenizer, limit: int, seed: int, max_len: int) ->
     return scored
 
 
-def answer_loss(model, scored: list[tuple[list[int], int]], desc: str) -> tuple[float, int]:
+def answer_loss(model, scored: list[tuple[list[int], int]], desc: str, batch_size: int = 1) -> tuple[float, int]:
     """Mean negative log-likelihood per answer token of a loaded causal LM over `scored`
-    (`answer_tokens`' pairs, each conversation on its own), and the number of answer tokens."""
+    (`answer_tokens`' pairs), and the number of answer tokens. Conversations are batched with
+    right padding, masked out of attention and of the loss, so a batch scores each as it
+    scores it alone."""
     import torch
     from tqdm import tqdm
 
     total_nll, total_tokens = 0.0, 0
-    for ids, start in tqdm(scored, desc=desc, unit="record"):
-        labels = torch.tensor([[-100] * start + ids[start:]], device=model.device)
+    for at in tqdm(range(0, len(scored), batch_size), desc=desc, unit="batch"):
+        batch = scored[at:at + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, -100)
+        for row, (ids, start) in enumerate(batch):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            attention[row, :len(ids)] = 1
+            labels[row, start:len(ids)] = torch.tensor(ids[start:])
         with torch.no_grad():
-            loss = model(input_ids=torch.tensor([ids], device=model.device), labels=labels).loss
-        total_nll += float(loss) * (len(ids) - start)  # transformers averages over the unmasked targets
-        total_tokens += len(ids) - start
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
+            # position t predicts token t + 1; only answer tokens have a label
+            total_nll += float(torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(model.device), reduction="sum"))
+        total_tokens += int((labels[:, 1:] != -100).sum())
     return total_nll / total_tokens, total_tokens

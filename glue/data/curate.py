@@ -32,7 +32,7 @@ from glue.data.report import write_report
 from glue.data.sources import load_source
 
 CONFIG = ROOT / "templates" / "data" / "sources.yml"
-DOMAINS = ("code", "math", "reasoning", "science", "conversation", "creative", "automation")
+DOMAINS = ("code", "math", "reasoning", "science", "conversation", "creative", "automation", "finance")
 STEPS = ("load", "too_long", "not_english", "low_score", "not_selected", "duplicate")
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from glue.core.checkpoints import adapter_base_mismatch
 from glue.core.io import UserError, atomic_path, run_cli
 from glue.core.manifest import write_manifest
 from glue.train.axolotl_run import run as run_quietly
@@ -50,12 +51,6 @@ def _base_config(base: str) -> tuple[dict | None, str]:
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text()), cached
     return None, ""
-
-
-def _same_model(a: str, b: str) -> bool:
-    if Path(a).exists() or Path(b).exists():
-        return Path(a).resolve() == Path(b).resolve()
-    return a.rstrip("/") == b.rstrip("/")
 
 
 def guard(config_path: Path, cfg: dict, adapter_dir: Path, allow_qlora_merge: bool) -> list[str]:
@@ -89,11 +84,9 @@ def guard(config_path: Path, cfg: dict, adapter_dir: Path, allow_qlora_merge: bo
     if not adapter_cfg_path.is_file():
         problems.append(f"{adapter_dir}: no trained adapter (adapter_config.json) here: train first "
                         "(`make train-1a` or `make train CONFIG=...`) or point RUN at the run folder")
-    else:
-        trained_on = json.loads(adapter_cfg_path.read_text()).get("base_model_name_or_path", "")
-        if not _same_model(trained_on, base):
-            problems.append(f"{adapter_cfg_path}: the adapter was trained on `{trained_on}` but the config's "
-                            f"base_model is `{base}`: merge with the config the adapter was trained with")
+    elif mismatch := adapter_base_mismatch(adapter_dir, base, "the config's base_model",
+                                           "merge with the config the adapter was trained with"):
+        problems.append(mismatch)
     return problems
 
 

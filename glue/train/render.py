@@ -2,7 +2,10 @@
 
 Values come from three places, later ones winning: the profile (templates/profiles/<p>.yml),
 the stage (templates/stages.yml `values:`, whose strings may use {{ profile values }}), and the
-profile's own `stages.<stage>` block. A template writes each such key as
+profile's own `stages.<stage>` block. Phase 3's modifiers are one stage per domain of
+templates/modifiers.yml, `3_modifier_<domain>`: its `values:` (strings may also use
+{{ domain }}) take the place of the stage's, and the profile's `stages.3_modifier` block (every
+modifier) comes before its `stages.3_modifier_<domain>`. A template writes each such key as
 `key: {{ value("name") }}`, which renders the value with a trailing comment naming the file and
 key that set it, so whoever reads a rendered file finds the line to edit in one step. Numbers
 keep their source spelling (`2.0e-4`, not `0.0002`) so that grep finds both ends. Templates use
@@ -21,6 +24,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from glue.core import modifiers
 from glue.core.io import UserError, load_yaml, run_cli, write_text_atomic
 from glue.core.paths import ROOT, TEMPLATES, load_profile, profile_names, relative
 
@@ -69,7 +73,17 @@ def environment(templates: Path) -> jinja2.Environment:
 
 
 def load_stages(templates: Path = TEMPLATES) -> dict:
-    return load_yaml(templates / "stages.yml")
+    """Every stage by name: templates/stages.yml's, then one per domain of templates/modifiers.yml,
+    each with its template, `about` and the file (`source`) and key (`values_key`) of its values."""
+    stages = {name: {**spec, "source": templates / "stages.yml", "values_key": f"{name}.values"}
+              for name, spec in load_yaml(templates / "stages.yml").items()}
+    config = modifiers.load_modifiers(path=templates / "modifiers.yml")
+    for domain, spec in config["domains"].items():
+        stages[modifiers.stage_name(domain)] = {
+            "template": config["template"], "about": f"Phase 3: the {domain} modifier ({spec['about']}).",
+            "values": config["values"], "domain": domain,
+            "source": templates / "modifiers.yml", "values_key": "values"}
+    return stages
 
 
 def _render_string(env: jinja2.Environment, text: str, values: dict, where: str) -> str:
@@ -81,29 +95,40 @@ def _render_string(env: jinja2.Environment, text: str, values: dict, where: str)
 
 def stage_values(profile_name: str, stage: str, templates: Path = TEMPLATES) -> dict[str, Setting]:
     """The full set of values the stage's template renders with, each with its origin."""
-    stages_path = templates / "stages.yml"
-    profile_path = templates / "profiles" / f"{profile_name}.yml"
-    stages, stages_spelled = read_source(stages_path)
+    stages = load_stages(templates)
     if stage not in stages:
-        raise UserError(f"unknown stage {stage!r} ({relative(stages_path)} has: {', '.join(stages)})")
+        raise UserError(f"unknown stage {stage!r} ({relative(templates / 'stages.yml')} and "
+                        f"{relative(templates / 'modifiers.yml')} have: {', '.join(stages)})")
+    spec = stages[stage]
+    source = spec["source"]
+    profile_path = templates / "profiles" / f"{profile_name}.yml"
     profile, profile_spelled = read_source(profile_path)
+    _, source_spelled = read_source(source)
+    profile_stages = profile.get("stages") or {}
+    if unknown := set(profile_stages) - set(stages) - {modifiers.EVERY}:
+        raise UserError(f"{relative(profile_path)}: stages.{sorted(unknown)[0]} is no stage (stages: "
+                        f"{', '.join(stages)}; {modifiers.EVERY} sets every modifier's values)")
 
     def setting(path: Path, spelled: dict[str, str], key: str, value) -> Setting:
         return Setting(value, f"{relative(path)}: {key}", spelled.get(key) or yaml_scalar(value))
 
     values = {key: setting(profile_path, profile_spelled, key, value)
               for key, value in profile.items() if key != "stages"}
+    extra = {"domain": spec["domain"]} if "domain" in spec else {}
     env = environment(templates)
-    for key, value in (stages[stage].get("values") or {}).items():
-        dotted = f"{stage}.values.{key}"
+    for key, value in (spec.get("values") or {}).items():
+        dotted = f"{spec['values_key']}.{key}"
         if isinstance(value, str):
-            plain = {name: s.value for name, s in values.items()}
-            value = _render_string(env, value, plain, f"{relative(stages_path)}: {dotted}")
-        values[key] = setting(stages_path, stages_spelled, dotted, value)
-    for key, value in ((profile.get("stages") or {}).get(stage) or {}).items():
-        values[key] = setting(profile_path, profile_spelled, f"stages.{stage}.{key}", value)
-    values["stage"] = setting(stages_path, {}, stage, stage)
-    values["about"] = setting(stages_path, {}, f"{stage}.about", stages[stage]["about"])
+            plain = {name: s.value for name, s in values.items()} | extra
+            value = _render_string(env, value, plain, f"{relative(source)}: {dotted}")
+        values[key] = setting(source, source_spelled, dotted, value)
+    blocks = [modifiers.EVERY, stage] if "domain" in spec else [stage]
+    for block in blocks:
+        for key, value in (profile_stages.get(block) or {}).items():
+            values[key] = setting(profile_path, profile_spelled, f"stages.{block}.{key}", value)
+    values["stage"] = setting(source, {}, stage, stage)
+    values["about"] = setting(source, {}, f"{stage}.about", spec["about"])
+    values["stages_file"] = setting(source, {}, stage, relative(source))
     return values
 
 

@@ -28,7 +28,8 @@ from glue.core.checkpoints import finished_run
 from glue.core.io import UserError, load_yaml, require_file, run_cli
 
 # Which make target writes a stage's input, for the "file not found" hint.
-PRODUCERS = {"/1c_distill_data/": "make distill-1c", "/data/": "make data"}
+PRODUCERS = {"/modifiers/": "make modifier-data DOMAIN=<domain>", "/1c_distill_data/": "make distill-1c",
+             "/data/": "make data"}
 # Packages that build against CUDA and so are installed on GPU hosts only.
 GPU_ONLY = {"flash_attn", "ring_flash_attn", "deep_ep", "mamba_ssm", "causal_conv1d"}
 

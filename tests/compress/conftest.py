@@ -1,4 +1,4 @@
-"""Fixtures for the tests that need llm-compressor: run this folder with the compression
+"""Fixtures for the tests that need llm-compressor or llama.cpp: run this folder with the compression
 environment (`.venv-compress/bin/python -m pytest tests/compress`). `tiny_base` comes from
 tests/conftest.py."""
 
@@ -9,6 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SFT_DIR = ROOT / "tests" / "fixtures" / "sft"
 RECIPES = sorted((ROOT / "compression_recipes").glob("*.yaml"))
+CONVERTER = ROOT / ".venv-compress" / "src" / "llama.cpp"
+VAL = SFT_DIR / "val.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +25,15 @@ def compressed(tiny_base, tmp_path_factory) -> dict:
         figures = compress(tiny_base, recipe, SFT_DIR / "train.jsonl", out, samples=16, max_seq_length=256)
         outputs[recipe.stem] = (out, figures)
     return outputs
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_base, tmp_path_factory) -> tuple[Path, dict]:
+    """`make gguf` on the tiny model, once: (its folder of f16, Q5_K_M and Q4_K_M files, their figures)."""
+    from glue.compress.gguf import export
+
+    out = tmp_path_factory.mktemp("gguf") / "gguf"
+    return out, export(tiny_base, out, ["Q5_K_M", "Q4_K_M"], VAL, CONVERTER, prompts=3, max_new_tokens=16)
 
 
 @pytest.fixture

@@ -7,20 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SFT_DIR
+from conftest import CONVERTER, ROOT, VAL
 
 from glue.compress.gguf import KNOWN_PRE_TOKENIZERS, check_types, export, pre_tokenizer_name
 from glue.compress.report import report
 from glue.core.io import UserError
-
-CONVERTER = ROOT / ".venv-compress" / "src" / "llama.cpp"
-VAL = SFT_DIR / "val.jsonl"
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_base, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gguf") / "gguf"
-    return out, export(tiny_base, out, ["Q5_K_M", "Q4_K_M"], VAL, CONVERTER, prompts=3, max_new_tokens=16)
 
 
 def test_export_writes_every_type_and_reloads_it(exported):
